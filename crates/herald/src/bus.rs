@@ -1,0 +1,1187 @@
+//! The in-process event bus.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::time::Duration;
+
+use arc_swap::{ArcSwap, ArcSwapOption};
+use chrono::Utc;
+use futures_util::FutureExt;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, Semaphore};
+use tokio::task::{JoinHandle, JoinSet};
+use uuid::Uuid;
+
+use crate::dead_letter::{
+    DeadLetter, DeadLetterQuery, DeadLetterStore, MemoryDeadLetterStore, NewDeadLetter,
+};
+use crate::error::{
+    AttemptError, DeadLetterError, PublishError, SubscribeError, UnknownSubscriber,
+};
+use crate::event::{Event, Metadata, NewEvent, Payload, RecordedEvent, RecordedParts};
+use crate::handler::{BoxHandler, Context, ContextShared, Handler};
+use crate::id::{self, EventId};
+use crate::middleware::panic_message;
+use crate::middleware::{
+    optional, CatchPanic, DeadLetterLayer, Either, IdempotencyLayer, Layer, Ledger, Retry,
+    RetryLayer, RetryPolicy, TimeoutLayer, Tracing,
+};
+use crate::topic::{EventType, TopicPattern};
+use crate::{Disposition, HandlerError};
+
+/// How many event types the route cache remembers. Beyond that, routes of
+/// new types are computed per publish, so arbitrary type names (from a
+/// server's clients, say) cannot grow memory without bound.
+const ROUTE_CACHE_LIMIT: usize = 4096;
+
+/// Default queue capacity of an async subscriber.
+const DEFAULT_QUEUE_CAPACITY: usize = 1024;
+
+/// How many queued events an async worker takes at once.
+const WORKER_BATCH: usize = 64;
+
+type BoxLayer = Arc<dyn Fn(BoxHandler) -> BoxHandler + Send + Sync>;
+
+fn box_layer<L>(layer: L) -> BoxLayer
+where
+    L: Layer<BoxHandler> + Send + Sync + 'static,
+    L::Service: Handler,
+{
+    Arc::new(move |inner| BoxHandler::new(layer.layer(inner)))
+}
+
+/// How a subscriber receives events.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum DeliveryMode {
+    /// Runs inside `publish`, before it returns, in subscription order.
+    #[default]
+    Inline,
+    /// Runs in background tasks fed by a bounded queue. When the queue is
+    /// full, `publish` waits: no event is dropped and memory stays bounded.
+    Async,
+}
+
+/// Whether a subscriber receives events.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "state")]
+#[non_exhaustive]
+pub enum SubscriberState {
+    /// Receives events.
+    Enabled,
+    /// Disabled by [`Bus::disable`]: receives no new events; events already
+    /// queued are still handled.
+    Disabled,
+    /// Stopped by a handler error with [`Disposition::Stop`]: receives no
+    /// new events; events already queued go to the dead letters, to retry
+    /// once the cause is fixed and the subscriber enabled again.
+    Stopped {
+        /// The error that stopped it.
+        reason: String,
+    },
+}
+
+const ENABLED: u8 = 0;
+const DISABLED: u8 = 1;
+const STOPPED: u8 = 2;
+
+/// A subscriber to add to a bus: a name, topic patterns, a handler and a
+/// policy.
+///
+/// # Examples
+///
+/// ```
+/// use herald::{handler_fn, DeliveryMode, RetryPolicy, Subscriber};
+/// use std::time::Duration;
+///
+/// let sub = Subscriber::new("track-analytics", handler_fn(|_, _| async { Ok(()) }))
+///     .topic("order.*")
+///     .topic("payment.#")
+///     .mode(DeliveryMode::Async)
+///     .concurrency(4)
+///     .retry(RetryPolicy::exponential(Duration::from_millis(50), Duration::from_secs(5)))
+///     .timeout(Duration::from_secs(30));
+/// ```
+pub struct Subscriber {
+    name: String,
+    topics: Vec<String>,
+    mode: DeliveryMode,
+    concurrency: usize,
+    queue_capacity: Option<usize>,
+    retry: RetryPolicy,
+    timeout: Option<Duration>,
+    ledger: Option<Arc<dyn Ledger>>,
+    layers: Vec<BoxLayer>,
+    propagate_errors: bool,
+    build: Box<dyn FnOnce(StackParts) -> BoxHandler + Send>,
+}
+
+/// What the bus hands to a subscriber's stack builder.
+struct StackParts {
+    retry: RetryLayer,
+    timeout: Option<TimeoutLayer>,
+    ledger: Option<IdempotencyLayer>,
+    dead_letters: Option<DeadLetterLayer>,
+    layers: Vec<BoxLayer>,
+    bus_layers: Vec<BoxLayer>,
+}
+
+/// Builds the stack in the order documented in [`crate::middleware`], with
+/// static nesting, so one subscriber costs one boxed future per delivery
+/// unless layers of its own are added.
+fn build_stack<H: Handler>(handler: H, parts: StackParts) -> BoxHandler {
+    let guarded = CatchPanic::new(optional(parts.timeout, handler));
+    let middle = if parts.layers.is_empty() {
+        Either::Left(guarded)
+    } else {
+        let mut boxed = BoxHandler::new(guarded);
+        for layer in parts.layers.iter().rev() {
+            boxed = layer(boxed);
+        }
+        Either::Right(boxed)
+    };
+    let retried: Retry<_> = parts.retry.layer(middle);
+    let stack = Tracing::new(optional(
+        parts.ledger,
+        optional(parts.dead_letters, retried),
+    ));
+    let mut boxed = BoxHandler::new(stack);
+    for layer in parts.bus_layers.iter().rev() {
+        boxed = layer(boxed);
+    }
+    boxed
+}
+
+impl Subscriber {
+    /// A subscriber named `name` (unique in its bus) running `handler`.
+    pub fn new<H: Handler>(name: impl Into<String>, handler: H) -> Self {
+        Self {
+            name: name.into(),
+            topics: Vec::new(),
+            mode: DeliveryMode::Inline,
+            concurrency: 1,
+            queue_capacity: None,
+            retry: RetryPolicy::none(),
+            timeout: None,
+            ledger: None,
+            layers: Vec::new(),
+            propagate_errors: false,
+            build: Box::new(move |parts| build_stack(handler, parts)),
+        }
+    }
+
+    /// Adds a topic pattern (`order.created`, `order.*`, `order.#`, `#`).
+    pub fn topic(mut self, pattern: impl Into<String>) -> Self {
+        self.topics.push(pattern.into());
+        self
+    }
+
+    /// Adds several topic patterns.
+    pub fn topics<I, S>(mut self, patterns: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.topics.extend(patterns.into_iter().map(Into::into));
+        self
+    }
+
+    /// Sets the delivery mode (inline by default).
+    pub fn mode(mut self, mode: DeliveryMode) -> Self {
+        self.mode = mode;
+        self
+    }
+
+    /// How many events an async subscriber handles at once (1 by default,
+    /// which keeps publish order). Ignored by inline subscribers.
+    pub fn concurrency(mut self, n: usize) -> Self {
+        self.concurrency = n;
+        self
+    }
+
+    /// Capacity of an async subscriber's queue (the bus's default, 1024,
+    /// unless set).
+    pub fn queue_capacity(mut self, n: usize) -> Self {
+        self.queue_capacity = Some(n);
+        self
+    }
+
+    /// Sets the retry policy (no retry by default).
+    pub fn retry(mut self, policy: RetryPolicy) -> Self {
+        self.retry = policy;
+        self
+    }
+
+    /// Bounds each attempt's duration.
+    pub fn timeout(mut self, limit: Duration) -> Self {
+        self.timeout = Some(limit);
+        self
+    }
+
+    /// Skips events this subscriber already handled, as told by `ledger`.
+    pub fn idempotent(mut self, ledger: Arc<dyn Ledger>) -> Self {
+        self.ledger = Some(ledger);
+        self
+    }
+
+    /// Adds a middleware layer of this subscriber's; see the order in
+    /// [`crate::middleware`].
+    pub fn layer<L>(mut self, layer: L) -> Self
+    where
+        L: Layer<BoxHandler> + Send + Sync + 'static,
+        L::Service: Handler,
+    {
+        self.layers.push(box_layer(layer));
+        self
+    }
+
+    /// Makes a failure of this inline subscriber fail `publish`, after its
+    /// retries, instead of going to the dead letters: for a handler that
+    /// must succeed for the publisher's work to count (the publisher's
+    /// transaction rolls back on the error). Subscribers after it, and async
+    /// subscribers, do not receive the event then. Async subscribers ignore
+    /// this setting.
+    pub fn propagate_errors(mut self) -> Self {
+        self.propagate_errors = true;
+        self
+    }
+}
+
+impl fmt::Debug for Subscriber {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Subscriber")
+            .field("name", &self.name)
+            .field("topics", &self.topics)
+            .field("mode", &self.mode)
+            .field("concurrency", &self.concurrency)
+            .field("retry", &self.retry)
+            .field("timeout", &self.timeout)
+            .field("propagate_errors", &self.propagate_errors)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A snapshot of a subscriber, as [`Bus::subscribers`] lists it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct SubscriberInfo {
+    /// The name.
+    pub name: String,
+    /// The topic patterns.
+    pub topics: Vec<String>,
+    /// The delivery mode.
+    pub mode: DeliveryMode,
+    /// Whether it receives events.
+    pub state: SubscriberState,
+    /// Events handled at once (async subscribers).
+    pub concurrency: usize,
+    /// Events waiting in its queue (async subscribers).
+    pub queued: usize,
+    /// Deliveries that succeeded.
+    pub handled: u64,
+    /// Deliveries skipped by the handler.
+    pub skipped: u64,
+    /// Deliveries that failed for good.
+    pub failed: u64,
+    /// Failed deliveries that were dead-lettered.
+    pub dead_lettered: u64,
+}
+
+/// What a subscriber's deliveries share; async workers hold it.
+struct Core {
+    name: Arc<str>,
+    handler: BoxHandler,
+    ctx: Arc<ContextShared>,
+    state: AtomicU8,
+    stop_reason: Mutex<Option<String>>,
+    propagate: bool,
+    dead_letters: Option<Arc<dyn DeadLetterStore>>,
+    handled: AtomicU64,
+    skipped: AtomicU64,
+    failed: AtomicU64,
+    dead_lettered: AtomicU64,
+}
+
+struct Queue {
+    sender: ArcSwapOption<mpsc::Sender<RecordedEvent>>,
+    worker: Mutex<Option<JoinHandle<()>>>,
+    capacity: usize,
+    concurrency: usize,
+}
+
+struct Entry {
+    core: Arc<Core>,
+    topics: Vec<TopicPattern>,
+    mode: DeliveryMode,
+    queue: Option<Queue>,
+}
+
+impl Entry {
+    fn matches(&self, event_type: &str) -> bool {
+        self.topics.iter().any(|p| p.matches(event_type))
+    }
+
+    fn info(&self) -> SubscriberInfo {
+        let c = &self.core;
+        let (concurrency, queued) = match &self.queue {
+            Some(q) => {
+                let queued = q
+                    .sender
+                    .load()
+                    .as_ref()
+                    .map_or(0, |s| q.capacity - s.capacity());
+                (q.concurrency, queued)
+            }
+            None => (1, 0),
+        };
+        SubscriberInfo {
+            name: c.name.to_string(),
+            topics: self.topics.iter().map(|t| t.as_str().to_owned()).collect(),
+            mode: self.mode,
+            state: c.state(),
+            concurrency,
+            queued,
+            handled: c.handled.load(Ordering::Relaxed),
+            skipped: c.skipped.load(Ordering::Relaxed),
+            failed: c.failed.load(Ordering::Relaxed),
+            dead_lettered: c.dead_lettered.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Stops the queue and waits until its worker handled what was queued.
+    async fn drain(&self) {
+        let Some(queue) = &self.queue else { return };
+        queue.sender.store(None);
+        let worker = queue
+            .worker
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(worker) = worker {
+            if let Err(err) = worker.await {
+                tracing::error!(subscriber = %self.core.name, error = %err, "async worker ended abnormally");
+            }
+        }
+    }
+}
+
+impl Core {
+    fn state(&self) -> SubscriberState {
+        match self.state.load(Ordering::Acquire) {
+            ENABLED => SubscriberState::Enabled,
+            DISABLED => SubscriberState::Disabled,
+            _ => SubscriberState::Stopped {
+                reason: self
+                    .stop_reason
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .clone()
+                    .unwrap_or_default(),
+            },
+        }
+    }
+
+    fn is_enabled(&self) -> bool {
+        self.state.load(Ordering::Acquire) == ENABLED
+    }
+
+    fn stop(&self, reason: String) {
+        *self.stop_reason.lock().unwrap_or_else(|p| p.into_inner()) = Some(reason);
+        self.state.store(STOPPED, Ordering::Release);
+    }
+
+    /// Runs the whole stack; a panic that escapes it becomes an error.
+    async fn run(&self, event: &RecordedEvent, ctx: &Context) -> Result<(), HandlerError> {
+        match AssertUnwindSafe(self.handler.handle(event, ctx))
+            .catch_unwind()
+            .await
+        {
+            Ok(result) => result,
+            Err(panic) => Err(HandlerError::panic(panic_message(&*panic))),
+        }
+    }
+
+    /// Delivers one event, records the outcome and logs failures. Returns an
+    /// error only for a subscriber that propagates its errors.
+    async fn deliver(&self, event: &RecordedEvent) -> Result<(), HandlerError> {
+        let ctx = Context::for_delivery(&self.ctx, event);
+        match self.run(event, &ctx).await {
+            Ok(()) => {
+                self.handled.fetch_add(1, Ordering::Relaxed);
+                Ok(())
+            }
+            Err(err) => self.failed_with(event, err),
+        }
+    }
+
+    fn failed_with(&self, event: &RecordedEvent, err: HandlerError) -> Result<(), HandlerError> {
+        let disposition = err.disposition();
+        if disposition == Disposition::Skip {
+            self.skipped.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(
+                event_id = %event.id(),
+                event_type = event.event_type(),
+                subscriber = %self.name,
+                reason = %err,
+                "event skipped by handler"
+            );
+            return Ok(());
+        }
+        self.failed.fetch_add(1, Ordering::Relaxed);
+        let attempt = err.history().last().map_or(1, |a| a.attempt);
+        if err.dead_letter_id().is_some() {
+            // The dead-letter middleware logged it with the dead letter's id.
+            self.dead_lettered.fetch_add(1, Ordering::Relaxed);
+        } else {
+            tracing::error!(
+                event_id = %event.id(),
+                event_type = event.event_type(),
+                subscriber = %self.name,
+                attempt,
+                error = %err,
+                "handler failed"
+            );
+        }
+        if disposition == Disposition::Stop {
+            tracing::error!(
+                subscriber = %self.name,
+                event_id = %event.id(),
+                error = %err,
+                "subscriber stopped by its handler; enable it once the cause is fixed"
+            );
+            self.stop(err.to_string());
+        }
+        if self.propagate {
+            Err(err)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Delivery from an async queue: a stopped subscriber parks what is
+    /// still queued in the dead letters.
+    async fn deliver_queued(&self, event: &RecordedEvent) {
+        if self.state.load(Ordering::Acquire) == STOPPED {
+            if let Some(store) = &self.dead_letters {
+                let reason = format!(
+                    "subscriber stopped before delivery: {}",
+                    self.stop_reason
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .clone()
+                        .unwrap_or_default()
+                );
+                let err = HandlerError::dead_letter(reason.clone());
+                let letter = NewDeadLetter {
+                    subscriber: self.name.to_string(),
+                    event: event.clone(),
+                    reason,
+                    errors: vec![AttemptError::new(0, &err)],
+                };
+                match store.record(letter).await {
+                    Ok(_) => {
+                        self.dead_lettered.fetch_add(1, Ordering::Relaxed);
+                        return;
+                    }
+                    Err(e) => tracing::error!(
+                        subscriber = %self.name,
+                        event_id = %event.id(),
+                        error = %e,
+                        "could not dead-letter an event queued for a stopped subscriber; delivering it"
+                    ),
+                }
+            }
+        }
+        // Async subscribers never propagate: there is no caller to fail.
+        let _ = self.deliver(event).await;
+    }
+}
+
+async fn run_worker(core: Arc<Core>, mut rx: mpsc::Receiver<RecordedEvent>, concurrency: usize) {
+    let mut batch = Vec::with_capacity(WORKER_BATCH);
+    if concurrency <= 1 {
+        while rx.recv_many(&mut batch, WORKER_BATCH).await > 0 {
+            for event in batch.drain(..) {
+                core.deliver_queued(&event).await;
+            }
+        }
+        return;
+    }
+    let permits = Arc::new(Semaphore::new(concurrency));
+    let mut running = JoinSet::new();
+    while rx.recv_many(&mut batch, WORKER_BATCH).await > 0 {
+        for event in batch.drain(..) {
+            let Ok(permit) = Arc::clone(&permits).acquire_owned().await else {
+                return;
+            };
+            let core = Arc::clone(&core);
+            running.spawn(async move {
+                core.deliver_queued(&event).await;
+                drop(permit);
+            });
+            while running.try_join_next().is_some() {}
+        }
+    }
+    while running.join_next().await.is_some() {}
+}
+
+/// Subscribers matching one event type, resolved once and cached.
+struct Route {
+    event_type: EventType,
+    inline: Box<[Arc<Core>]>,
+    queued: Box<[Arc<Entry>]>,
+}
+
+#[derive(Default)]
+struct RouteCache {
+    generation: u64,
+    routes: HashMap<Box<str>, Arc<Route>, foldhash::fast::RandomState>,
+}
+
+#[derive(Default)]
+struct Registry {
+    entries: Vec<Arc<Entry>>,
+    generation: u64,
+}
+
+pub(crate) struct BusInner {
+    registry: RwLock<Registry>,
+    routes: ArcSwap<RouteCache>,
+    closed: AtomicBool,
+    dead_letters: Option<Arc<dyn DeadLetterStore>>,
+    layers: Vec<BoxLayer>,
+    queue_capacity: usize,
+    this: Weak<BusInner>,
+}
+
+/// An in-process event bus: publish events by type name; named subscribers
+/// receive those matching their topic patterns.
+///
+/// Cloning a `Bus` gives another handle to the same bus.
+///
+/// # Delivery guarantees
+///
+/// - A failing or panicking subscriber never fails `publish` and never
+///   stops the others, unless it was subscribed with
+///   [`propagate_errors`](Subscriber::propagate_errors).
+/// - Inline subscribers run first, in subscription order; then the event is
+///   queued for async subscribers. `publish` waits while a queue is full.
+/// - Every failure is logged through `tracing` with the event id, type,
+///   subscriber, attempt and error. When a subscriber's retry policy gives
+///   up, the event goes to the dead letters.
+/// - The bus is volatile: events queued in memory are lost if the process
+///   dies. [`shutdown`](Bus::shutdown) drains them. Durable subscribers come
+///   with an event store.
+///
+/// # Examples
+///
+/// ```
+/// use herald::{handler_fn, Bus, Subscriber};
+/// use serde_json::json;
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// let bus = Bus::new();
+/// bus.subscribe(
+///     Subscriber::new("notify-user", handler_fn(|event, _ctx| async move {
+///         assert_eq!(event.data().to_value()["order_id"], 42);
+///         Ok(())
+///     }))
+///     .topic("order.created"),
+/// ).unwrap();
+///
+/// bus.publish("order.created", json!({"order_id": 42})).await.unwrap();
+/// assert_eq!(bus.subscriber("notify-user").unwrap().handled, 1);
+/// bus.shutdown().await;
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct Bus {
+    inner: Arc<BusInner>,
+}
+
+/// Builds a [`Bus`].
+///
+/// # Examples
+///
+/// ```
+/// use herald::middleware::TracingLayer;
+/// use herald::{Bus, MemoryDeadLetterStore};
+/// use std::sync::Arc;
+///
+/// let dead_letters = Arc::new(MemoryDeadLetterStore::new());
+/// let bus = Bus::builder()
+///     .dead_letter_store(dead_letters)
+///     .queue_capacity(4096)
+///     .build();
+/// ```
+pub struct BusBuilder {
+    dead_letters: Option<Arc<dyn DeadLetterStore>>,
+    layers: Vec<BoxLayer>,
+    queue_capacity: usize,
+}
+
+impl BusBuilder {
+    /// Where given-up events go (a [`MemoryDeadLetterStore`] by default).
+    pub fn dead_letter_store(mut self, store: Arc<dyn DeadLetterStore>) -> Self {
+        self.dead_letters = Some(store);
+        self
+    }
+
+    /// Keeps no dead letters: given-up events are only logged.
+    pub fn without_dead_letters(mut self) -> Self {
+        self.dead_letters = None;
+        self
+    }
+
+    /// Adds a layer around every subscriber's stack (outermost, in the order
+    /// added).
+    pub fn layer<L>(mut self, layer: L) -> Self
+    where
+        L: Layer<BoxHandler> + Send + Sync + 'static,
+        L::Service: Handler,
+    {
+        self.layers.push(box_layer(layer));
+        self
+    }
+
+    /// Default queue capacity of async subscribers (1024 unless set; at
+    /// least 1).
+    pub fn queue_capacity(mut self, n: usize) -> Self {
+        self.queue_capacity = n.max(1);
+        self
+    }
+
+    /// Builds the bus.
+    pub fn build(self) -> Bus {
+        Bus {
+            inner: Arc::new_cyclic(|this| BusInner {
+                registry: RwLock::new(Registry::default()),
+                routes: ArcSwap::from_pointee(RouteCache::default()),
+                closed: AtomicBool::new(false),
+                dead_letters: self.dead_letters,
+                layers: self.layers,
+                queue_capacity: self.queue_capacity,
+                this: this.clone(),
+            }),
+        }
+    }
+}
+
+/// The result of retrying a dead letter.
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub enum RetryOutcome {
+    /// The subscriber handled (or skipped) the event; the dead letter is
+    /// gone.
+    Handled,
+    /// It failed again; the dead letter was updated with the new attempts.
+    Failed {
+        /// The new error.
+        error: String,
+        /// The dead letter as it is now, if it is still stored.
+        dead_letter: Option<DeadLetter>,
+    },
+}
+
+impl Default for Bus {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Bus {
+    /// A bus with a memory dead-letter store.
+    pub fn new() -> Self {
+        Self::builder().build()
+    }
+
+    /// A builder, to choose the dead-letter store, bus-wide layers and
+    /// queue capacity.
+    pub fn builder() -> BusBuilder {
+        BusBuilder {
+            dead_letters: Some(Arc::new(MemoryDeadLetterStore::new())),
+            layers: Vec::new(),
+            queue_capacity: DEFAULT_QUEUE_CAPACITY,
+        }
+    }
+
+    /// Publishes an event of type `event_type` with a payload.
+    ///
+    /// The payload is serialized once (pass a prebuilt [`Payload`] to share
+    /// one without serializing it again). Returns the recorded event, with
+    /// its new UUIDv7 id and recorded-at time.
+    ///
+    /// # Errors
+    ///
+    /// [`PublishError::InvalidEventType`] for a bad type name,
+    /// [`PublishError::ShutDown`] after [`shutdown`](Self::shutdown), and
+    /// [`PublishError::Handler`] when a subscriber that propagates errors
+    /// failed.
+    pub async fn publish(
+        &self,
+        event_type: &str,
+        data: impl Into<Payload>,
+    ) -> Result<RecordedEvent, PublishError> {
+        self.inner
+            .publish_parts(event_type, data.into(), Metadata::default(), None)
+            .await
+    }
+
+    /// Publishes a typed event.
+    ///
+    /// # Errors
+    ///
+    /// As [`publish`](Self::publish), and [`PublishError::Payload`] when the
+    /// event does not serialize.
+    pub async fn publish_event<E: Event>(&self, event: &E) -> Result<RecordedEvent, PublishError> {
+        let data = Payload::from_serialize(event)?;
+        self.inner
+            .publish_parts(E::NAME, data, Metadata::default(), None)
+            .await
+    }
+
+    /// Publishes an event with metadata, and optionally its own id.
+    ///
+    /// # Errors
+    ///
+    /// As [`publish`](Self::publish).
+    pub async fn publish_new(&self, event: NewEvent) -> Result<RecordedEvent, PublishError> {
+        BusInner::publish_new(&self.inner, event).await
+    }
+
+    /// Adds a subscriber.
+    ///
+    /// # Errors
+    ///
+    /// [`SubscribeError`] for an invalid or missing pattern, a name in use,
+    /// an invalid policy, or an async subscriber outside a tokio runtime.
+    pub fn subscribe(&self, subscriber: Subscriber) -> Result<(), SubscribeError> {
+        self.inner.subscribe(subscriber)
+    }
+
+    /// Removes a subscriber. An async subscriber's queued events are handled
+    /// first.
+    ///
+    /// # Errors
+    ///
+    /// [`UnknownSubscriber`] when no subscriber has this name.
+    pub async fn unsubscribe(&self, name: &str) -> Result<(), UnknownSubscriber> {
+        let entry = {
+            let mut reg = self.inner.write_registry();
+            let index = reg
+                .entries
+                .iter()
+                .position(|e| &*e.core.name == name)
+                .ok_or_else(|| UnknownSubscriber(name.to_owned()))?;
+            let entry = reg.entries.remove(index);
+            self.inner.invalidate_routes(&mut reg);
+            entry
+        };
+        entry.drain().await;
+        Ok(())
+    }
+
+    /// Stops delivering new events to a subscriber.
+    ///
+    /// # Errors
+    ///
+    /// [`UnknownSubscriber`] when no subscriber has this name.
+    pub fn disable(&self, name: &str) -> Result<(), UnknownSubscriber> {
+        self.inner
+            .with_core(name, |c| c.state.store(DISABLED, Ordering::Release))
+    }
+
+    /// Delivers new events to a disabled or stopped subscriber again.
+    ///
+    /// # Errors
+    ///
+    /// [`UnknownSubscriber`] when no subscriber has this name.
+    pub fn enable(&self, name: &str) -> Result<(), UnknownSubscriber> {
+        self.inner.with_core(name, |c| {
+            *c.stop_reason.lock().unwrap_or_else(|p| p.into_inner()) = None;
+            c.state.store(ENABLED, Ordering::Release);
+        })
+    }
+
+    /// The subscribers, in subscription order.
+    pub fn subscribers(&self) -> Vec<SubscriberInfo> {
+        self.inner
+            .read_registry()
+            .entries
+            .iter()
+            .map(|e| e.info())
+            .collect()
+    }
+
+    /// One subscriber.
+    pub fn subscriber(&self, name: &str) -> Option<SubscriberInfo> {
+        self.inner
+            .read_registry()
+            .entries
+            .iter()
+            .find(|e| &*e.core.name == name)
+            .map(|e| e.info())
+    }
+
+    /// The dead-letter store, if the bus keeps dead letters.
+    pub fn dead_letter_store(&self) -> Option<&Arc<dyn DeadLetterStore>> {
+        self.inner.dead_letters.as_ref()
+    }
+
+    /// Lists dead letters, oldest first.
+    ///
+    /// # Errors
+    ///
+    /// [`DeadLetterError::Store`] when the store fails; an empty list when
+    /// the bus keeps no dead letters.
+    pub async fn dead_letters(
+        &self,
+        query: &DeadLetterQuery,
+    ) -> Result<Vec<DeadLetter>, DeadLetterError> {
+        match &self.inner.dead_letters {
+            Some(store) => store.list(query).await,
+            None => Ok(Vec::new()),
+        }
+    }
+
+    /// One dead letter.
+    ///
+    /// # Errors
+    ///
+    /// [`DeadLetterError::NotFound`], or [`DeadLetterError::Store`].
+    pub async fn dead_letter(&self, id: Uuid) -> Result<DeadLetter, DeadLetterError> {
+        self.inner
+            .dead_letter_store()?
+            .get(id)
+            .await?
+            .ok_or(DeadLetterError::NotFound(id))
+    }
+
+    /// Delivers a dead letter's event again, to its subscriber only, through
+    /// the subscriber's whole stack (retries included), whether or not the
+    /// subscriber is enabled. On success the dead letter is removed; on
+    /// failure it is updated with the new attempts.
+    ///
+    /// # Errors
+    ///
+    /// [`DeadLetterError::NotFound`], [`DeadLetterError::SubscriberGone`] or
+    /// [`DeadLetterError::Store`].
+    pub async fn retry_dead_letter(&self, id: Uuid) -> Result<RetryOutcome, DeadLetterError> {
+        let store = self.inner.dead_letter_store()?;
+        let letter = store.get(id).await?.ok_or(DeadLetterError::NotFound(id))?;
+        let core = self
+            .inner
+            .read_registry()
+            .entries
+            .iter()
+            .find(|e| *e.core.name == letter.subscriber)
+            .map(|e| Arc::clone(&e.core))
+            .ok_or_else(|| DeadLetterError::SubscriberGone {
+                id,
+                subscriber: letter.subscriber.clone(),
+            })?;
+        let ctx = Context::for_delivery(&core.ctx, &letter.event)
+            .with_attempt(letter.attempts.saturating_add(1));
+        match core.run(&letter.event, &ctx).await {
+            Ok(()) => {
+                core.handled.fetch_add(1, Ordering::Relaxed);
+                store.remove(id).await?;
+                Ok(RetryOutcome::Handled)
+            }
+            Err(err) if err.disposition() == Disposition::Skip => {
+                core.skipped.fetch_add(1, Ordering::Relaxed);
+                store.remove(id).await?;
+                Ok(RetryOutcome::Handled)
+            }
+            Err(err) => {
+                let error = err.to_string();
+                let _ = core.failed_with(&letter.event, err);
+                Ok(RetryOutcome::Failed {
+                    error,
+                    dead_letter: store.get(id).await?,
+                })
+            }
+        }
+    }
+
+    /// Discards a dead letter.
+    ///
+    /// # Errors
+    ///
+    /// [`DeadLetterError::NotFound`], or [`DeadLetterError::Store`].
+    pub async fn discard_dead_letter(&self, id: Uuid) -> Result<DeadLetter, DeadLetterError> {
+        self.inner
+            .dead_letter_store()?
+            .remove(id)
+            .await?
+            .ok_or(DeadLetterError::NotFound(id))
+    }
+
+    /// Stops accepting events and waits until every event accepted so far
+    /// was handled or dead-lettered by the async subscribers.
+    ///
+    /// Later `publish` calls return [`PublishError::ShutDown`]. Calling it
+    /// again returns at once.
+    pub async fn shutdown(&self) {
+        self.inner.closed.store(true, Ordering::SeqCst);
+        let entries: Vec<Arc<Entry>> = self.inner.read_registry().entries.clone();
+        for entry in &entries {
+            if let Some(q) = &entry.queue {
+                q.sender.store(None);
+            }
+        }
+        for entry in &entries {
+            entry.drain().await;
+        }
+    }
+
+    /// Whether [`shutdown`](Self::shutdown) was called.
+    pub fn is_shut_down(&self) -> bool {
+        self.inner.closed.load(Ordering::SeqCst)
+    }
+}
+
+impl fmt::Debug for Bus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Bus")
+            .field("subscribers", &self.subscribers().len())
+            .field("shut_down", &self.is_shut_down())
+            .finish_non_exhaustive()
+    }
+}
+
+impl BusInner {
+    fn read_registry(&self) -> std::sync::RwLockReadGuard<'_, Registry> {
+        // Registry updates are single pushes and removes; a panic elsewhere
+        // cannot leave it half-updated.
+        self.registry.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write_registry(&self) -> std::sync::RwLockWriteGuard<'_, Registry> {
+        self.registry.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn dead_letter_store(&self) -> Result<&Arc<dyn DeadLetterStore>, DeadLetterError> {
+        self.dead_letters.as_ref().ok_or_else(|| {
+            DeadLetterError::Store("this bus keeps no dead letters".into())
+        })
+    }
+
+    fn with_core(&self, name: &str, f: impl FnOnce(&Core)) -> Result<(), UnknownSubscriber> {
+        let reg = self.read_registry();
+        let entry = reg
+            .entries
+            .iter()
+            .find(|e| &*e.core.name == name)
+            .ok_or_else(|| UnknownSubscriber(name.to_owned()))?;
+        f(&entry.core);
+        Ok(())
+    }
+
+    /// Called with the registry's write lock held, so no route computed from
+    /// the old registry can be cached after this.
+    fn invalidate_routes(&self, reg: &mut Registry) {
+        reg.generation += 1;
+        self.routes.store(Arc::new(RouteCache {
+            generation: reg.generation,
+            routes: HashMap::default(),
+        }));
+    }
+
+    fn subscribe(&self, sub: Subscriber) -> Result<(), SubscribeError> {
+        if self.closed.load(Ordering::SeqCst) {
+            return Err(SubscribeError::ShutDown);
+        }
+        if sub.name.is_empty() || sub.name.len() > 255 {
+            return Err(SubscribeError::InvalidName(sub.name));
+        }
+        if sub.topics.is_empty() {
+            return Err(SubscribeError::NoTopics(sub.name));
+        }
+        let topics = sub
+            .topics
+            .iter()
+            .map(|t| TopicPattern::parse(t))
+            .collect::<Result<Vec<_>, _>>()?;
+        let retry = RetryLayer::new(sub.retry)?;
+        if sub.concurrency == 0 {
+            return Err(crate::ConfigError::Zero("concurrency").into());
+        }
+        if sub.queue_capacity == Some(0) {
+            return Err(crate::ConfigError::Zero("queue capacity").into());
+        }
+        if sub.timeout == Some(Duration::ZERO) {
+            return Err(crate::ConfigError::Zero("timeout").into());
+        }
+        let runtime = match sub.mode {
+            DeliveryMode::Async => Some(
+                tokio::runtime::Handle::try_current()
+                    .map_err(|_| SubscribeError::NoRuntime(sub.name.clone()))?,
+            ),
+            DeliveryMode::Inline => None,
+        };
+        let propagate = sub.propagate_errors && sub.mode == DeliveryMode::Inline;
+        let dead_letters = if propagate {
+            None
+        } else {
+            self.dead_letters.clone()
+        };
+        let handler = (sub.build)(StackParts {
+            retry,
+            timeout: sub.timeout.map(TimeoutLayer::new),
+            ledger: sub.ledger.map(IdempotencyLayer::new),
+            dead_letters: dead_letters.clone().map(DeadLetterLayer::new),
+            layers: sub.layers,
+            bus_layers: self.layers.clone(),
+        });
+        let name: Arc<str> = Arc::from(sub.name.as_str());
+        let core = Arc::new(Core {
+            name: Arc::clone(&name),
+            handler,
+            ctx: Arc::new(ContextShared {
+                subscriber: name,
+                bus: self.this.clone(),
+            }),
+            state: AtomicU8::new(ENABLED),
+            stop_reason: Mutex::new(None),
+            propagate,
+            dead_letters,
+            handled: AtomicU64::new(0),
+            skipped: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            dead_lettered: AtomicU64::new(0),
+        });
+
+        let mut reg = self.write_registry();
+        if reg.entries.iter().any(|e| *e.core.name == *sub.name) {
+            return Err(SubscribeError::DuplicateName(sub.name));
+        }
+        let queue = runtime.map(|rt| {
+            let capacity = sub.queue_capacity.unwrap_or(self.queue_capacity);
+            let (tx, rx) = mpsc::channel(capacity);
+            let worker = rt.spawn(run_worker(Arc::clone(&core), rx, sub.concurrency));
+            Queue {
+                sender: ArcSwapOption::from_pointee(tx),
+                worker: Mutex::new(Some(worker)),
+                capacity,
+                concurrency: sub.concurrency,
+            }
+        });
+        reg.entries.push(Arc::new(Entry {
+            core,
+            topics,
+            mode: sub.mode,
+            queue,
+        }));
+        self.invalidate_routes(&mut reg);
+        Ok(())
+    }
+
+    fn route(&self, event_type: &str) -> Result<Arc<Route>, PublishError> {
+        if let Some(route) = self.routes.load().routes.get(event_type) {
+            return Ok(Arc::clone(route));
+        }
+        self.route_slow(event_type)
+    }
+
+    #[cold]
+    fn route_slow(&self, event_type: &str) -> Result<Arc<Route>, PublishError> {
+        let event_type = EventType::new(event_type)?;
+        let reg = self.read_registry();
+        let matching = reg.entries.iter().filter(|e| e.matches(&event_type));
+        let route = Arc::new(Route {
+            inline: matching
+                .clone()
+                .filter(|e| e.mode == DeliveryMode::Inline)
+                .map(|e| Arc::clone(&e.core))
+                .collect(),
+            queued: matching
+                .filter(|e| e.mode == DeliveryMode::Async)
+                .cloned()
+                .collect(),
+            event_type,
+        });
+        // The read lock is still held: the generation cannot change under us.
+        let generation = reg.generation;
+        self.routes.rcu(|cache| {
+            if cache.generation != generation || cache.routes.len() >= ROUTE_CACHE_LIMIT {
+                return Arc::clone(cache);
+            }
+            let mut routes = cache.routes.clone();
+            routes.insert(Box::from(route.event_type.as_str()), Arc::clone(&route));
+            Arc::new(RouteCache {
+                generation,
+                routes,
+            })
+        });
+        Ok(route)
+    }
+
+    pub(crate) async fn publish_new(
+        this: &Arc<BusInner>,
+        event: NewEvent,
+    ) -> Result<RecordedEvent, PublishError> {
+        this.publish_parts(&event.event_type, event.data, event.metadata, event.id)
+            .await
+    }
+
+    async fn publish_parts(
+        &self,
+        event_type: &str,
+        data: Payload,
+        mut metadata: Metadata,
+        id: Option<EventId>,
+    ) -> Result<RecordedEvent, PublishError> {
+        if self.closed.load(Ordering::Relaxed) {
+            return Err(PublishError::ShutDown);
+        }
+        let route = self.route(event_type)?;
+        let (id, recorded_at) = match id {
+            Some(id) => (id, Utc::now()),
+            None => id::now(),
+        };
+        if metadata.correlation_id.is_none() {
+            metadata.correlation_id = Some(*id.as_uuid());
+        }
+        let event = RecordedEvent::from_parts(RecordedParts {
+            id,
+            event_type: route.event_type.clone(),
+            stream: None,
+            version: None,
+            position: None,
+            recorded_at,
+            data,
+            metadata,
+        });
+        for core in route.inline.iter() {
+            if !core.is_enabled() {
+                continue;
+            }
+            if let Err(source) = core.deliver(&event).await {
+                return Err(PublishError::Handler {
+                    subscriber: core.name.to_string(),
+                    event_type: event.event_type().to_owned(),
+                    event_id: event.id(),
+                    source,
+                });
+            }
+        }
+        for entry in route.queued.iter() {
+            if !entry.core.is_enabled() {
+                continue;
+            }
+            let Some(queue) = &entry.queue else { continue };
+            let Some(sender) = queue.sender.load_full() else {
+                return Err(PublishError::ShutDown);
+            };
+            if sender.send(event.clone()).await.is_err() {
+                return Err(PublishError::ShutDown);
+            }
+        }
+        Ok(event)
+    }
+}

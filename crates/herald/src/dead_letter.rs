@@ -1,0 +1,227 @@
+//! Dead letters: events a subscriber gave up on, kept to inspect, retry or
+//! discard.
+//!
+//! A dead letter is keyed by subscriber and event: when the same event fails
+//! again for the same subscriber (after a retry from the dead letters, say),
+//! its dead letter is updated (attempts added, errors appended) rather than
+//! copied.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::error::{AttemptError, DeadLetterError};
+use crate::event::RecordedEvent;
+use crate::id::EventId;
+use crate::topic::TopicPattern;
+
+/// An event a subscriber gave up on.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DeadLetter {
+    /// The dead letter's own id.
+    pub id: Uuid,
+    /// The subscriber that gave up.
+    pub subscriber: String,
+    /// The event.
+    pub event: RecordedEvent,
+    /// How many attempts were made, over every time the event was tried.
+    pub attempts: u32,
+    /// Why it was given up: the last error's message.
+    pub reason: String,
+    /// Every failed attempt's error, oldest first.
+    pub errors: Vec<AttemptError>,
+    /// When the first attempt failed.
+    pub first_failed_at: DateTime<Utc>,
+    /// When the last attempt failed.
+    pub last_failed_at: DateTime<Utc>,
+}
+
+/// A failure to record as a dead letter.
+#[derive(Clone, Debug)]
+pub struct NewDeadLetter {
+    /// The subscriber that gave up.
+    pub subscriber: String,
+    /// The event.
+    pub event: RecordedEvent,
+    /// Why it was given up.
+    pub reason: String,
+    /// The failed attempts, oldest first (at least one).
+    pub errors: Vec<AttemptError>,
+}
+
+/// Which dead letters to list.
+///
+/// # Examples
+///
+/// ```
+/// use herald::DeadLetterQuery;
+///
+/// let query = DeadLetterQuery::default().subscriber("billing").limit(50);
+/// assert_eq!(query.subscriber.as_deref(), Some("billing"));
+/// ```
+#[derive(Clone, Debug, Default)]
+#[non_exhaustive]
+pub struct DeadLetterQuery {
+    /// Only this subscriber's.
+    pub subscriber: Option<String>,
+    /// Only events whose type matches.
+    pub event_type: Option<TopicPattern>,
+    /// At most this many, oldest first.
+    pub limit: Option<usize>,
+}
+
+impl DeadLetterQuery {
+    /// Only this subscriber's dead letters.
+    pub fn subscriber(mut self, name: impl Into<String>) -> Self {
+        self.subscriber = Some(name.into());
+        self
+    }
+
+    /// Only events whose type matches `pattern`.
+    pub fn event_type(mut self, pattern: TopicPattern) -> Self {
+        self.event_type = Some(pattern);
+        self
+    }
+
+    /// At most `limit` dead letters.
+    pub fn limit(mut self, limit: usize) -> Self {
+        self.limit = Some(limit);
+        self
+    }
+
+    fn matches(&self, letter: &DeadLetter) -> bool {
+        self.subscriber
+            .as_deref()
+            .is_none_or(|s| s == letter.subscriber)
+            && self
+                .event_type
+                .as_ref()
+                .is_none_or(|p| p.matches(letter.event.event_type()))
+    }
+}
+
+/// Where dead letters are kept.
+///
+/// # Contract
+///
+/// - [`record`](Self::record) stores a new dead letter, or, when one exists for
+///   the same subscriber and event id, adds the attempts, appends the errors
+///   and updates the reason and the last failure time, keeping its id.
+/// - [`list`](Self::list) returns dead letters oldest first (by first
+///   failure).
+/// - [`remove`](Self::remove) returns the removed dead letter, or `None`.
+#[async_trait]
+pub trait DeadLetterStore: Send + Sync + 'static {
+    /// Records a failure; see the contract above.
+    async fn record(&self, letter: NewDeadLetter) -> Result<DeadLetter, DeadLetterError>;
+
+    /// Lists dead letters.
+    async fn list(&self, query: &DeadLetterQuery) -> Result<Vec<DeadLetter>, DeadLetterError>;
+
+    /// One dead letter by id.
+    async fn get(&self, id: Uuid) -> Result<Option<DeadLetter>, DeadLetterError>;
+
+    /// Removes a dead letter.
+    async fn remove(&self, id: Uuid) -> Result<Option<DeadLetter>, DeadLetterError>;
+}
+
+/// Dead letters in memory: lost when the process ends.
+///
+/// # Examples
+///
+/// ```
+/// use herald::{DeadLetterStore, MemoryDeadLetterStore};
+///
+/// let store = MemoryDeadLetterStore::new();
+/// ```
+#[derive(Default, Clone)]
+pub struct MemoryDeadLetterStore {
+    inner: Arc<Mutex<MemoryLetters>>,
+}
+
+#[derive(Default)]
+struct MemoryLetters {
+    by_id: HashMap<Uuid, DeadLetter>,
+    by_key: HashMap<(String, EventId), Uuid>,
+    /// Ids in order of first failure; ids are UUIDv7 so they sort by time.
+    order: BTreeMap<Uuid, ()>,
+}
+
+impl MemoryDeadLetterStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, MemoryLetters> {
+        // A panic while holding this lock cannot leave the maps inconsistent
+        // halfway (each update is a few inserts), so a poisoned lock is used.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+#[async_trait]
+impl DeadLetterStore for MemoryDeadLetterStore {
+    async fn record(&self, letter: NewDeadLetter) -> Result<DeadLetter, DeadLetterError> {
+        let mut g = self.lock();
+        let key = (letter.subscriber.clone(), letter.event.id());
+        let now = letter.errors.last().map(|e| e.at).unwrap_or_else(Utc::now);
+        let attempts = u32::try_from(letter.errors.len())
+            .unwrap_or(u32::MAX)
+            .max(1);
+        if let Some(id) = g.by_key.get(&key).copied() {
+            if let Some(existing) = g.by_id.get_mut(&id) {
+                existing.attempts = existing.attempts.saturating_add(attempts);
+                existing.errors.extend(letter.errors);
+                existing.reason = letter.reason;
+                existing.last_failed_at = now;
+                return Ok(existing.clone());
+            }
+        }
+        let first = letter.errors.first().map(|e| e.at).unwrap_or(now);
+        let id = *EventId::new().as_uuid();
+        let dead = DeadLetter {
+            id,
+            subscriber: letter.subscriber,
+            event: letter.event,
+            attempts,
+            reason: letter.reason,
+            errors: letter.errors,
+            first_failed_at: first,
+            last_failed_at: now,
+        };
+        g.by_key.insert(key, id);
+        g.order.insert(id, ());
+        g.by_id.insert(id, dead.clone());
+        Ok(dead)
+    }
+
+    async fn list(&self, query: &DeadLetterQuery) -> Result<Vec<DeadLetter>, DeadLetterError> {
+        let g = self.lock();
+        Ok(g.order
+            .keys()
+            .filter_map(|id| g.by_id.get(id))
+            .filter(|l| query.matches(l))
+            .take(query.limit.unwrap_or(usize::MAX))
+            .cloned()
+            .collect())
+    }
+
+    async fn get(&self, id: Uuid) -> Result<Option<DeadLetter>, DeadLetterError> {
+        Ok(self.lock().by_id.get(&id).cloned())
+    }
+
+    async fn remove(&self, id: Uuid) -> Result<Option<DeadLetter>, DeadLetterError> {
+        let mut g = self.lock();
+        let removed = g.by_id.remove(&id);
+        if let Some(letter) = &removed {
+            g.by_key.remove(&(letter.subscriber.clone(), letter.event.id()));
+            g.order.remove(&id);
+        }
+        Ok(removed)
+    }
+}

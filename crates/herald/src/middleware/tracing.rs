@@ -1,0 +1,70 @@
+//! A tracing span around each delivery.
+
+use tracing::Instrument;
+
+use crate::{Context, Handler, HandlerResult, RecordedEvent};
+
+/// Opens a span per delivery; see [`Tracing`].
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TracingLayer;
+
+impl TracingLayer {
+    /// The layer.
+    pub fn new() -> Self {
+        Self
+    }
+}
+
+impl<H> tower_layer::Layer<H> for TracingLayer {
+    type Service = Tracing<H>;
+
+    fn layer(&self, inner: H) -> Tracing<H> {
+        Tracing { inner }
+    }
+}
+
+/// Runs the inner handler in a `herald.deliver` span (level `DEBUG`) with the
+/// fields `event_id`, `event_type`, `subscriber`, `correlation_id` and
+/// `attempt`.
+///
+/// When no tracing subscriber wants the span, this costs a check of a cached
+/// flag.
+#[derive(Clone, Debug)]
+pub struct Tracing<H> {
+    inner: H,
+}
+
+impl<H> Tracing<H> {
+    /// Wraps `inner`.
+    pub fn new(inner: H) -> Self {
+        Self { inner }
+    }
+
+    /// The inner handler.
+    pub fn get_ref(&self) -> &H {
+        &self.inner
+    }
+
+    /// The inner handler, by value.
+    pub fn into_inner(self) -> H {
+        self.inner
+    }
+}
+
+impl<H: Handler> Handler for Tracing<H> {
+    async fn handle(&self, event: &RecordedEvent, ctx: &Context) -> HandlerResult {
+        let span = tracing::debug_span!(
+            "herald.deliver",
+            event_id = %event.id(),
+            event_type = event.event_type(),
+            subscriber = ctx.subscriber(),
+            correlation_id = %event.correlation_id(),
+            attempt = ctx.attempt(),
+        );
+        if span.is_disabled() {
+            self.inner.handle(event, ctx).await
+        } else {
+            self.inner.handle(event, ctx).instrument(span).await
+        }
+    }
+}
