@@ -62,7 +62,9 @@ pub enum DeliveryMode {
     #[default]
     Inline,
     /// Runs in background tasks fed by a bounded queue. When the queue is
-    /// full, `publish` waits: no event is dropped and memory stays bounded.
+    /// full, `publish` waits: no event is dropped and memory stays bounded
+    /// (a subscriber holds at most its queue capacity, plus as many again
+    /// taken by its worker, plus `concurrency` events in its handlers).
     Async,
 }
 
@@ -501,10 +503,18 @@ impl Core {
     }
 }
 
-async fn run_worker(core: Arc<Core>, mut rx: mpsc::Receiver<RecordedEvent>, concurrency: usize) {
-    let mut batch = Vec::with_capacity(WORKER_BATCH);
+async fn run_worker(
+    core: Arc<Core>,
+    mut rx: mpsc::Receiver<RecordedEvent>,
+    capacity: usize,
+    concurrency: usize,
+) {
+    // Taking a batch frees queue slots early; bounding it by the capacity
+    // keeps what a subscriber holds in memory under twice its capacity.
+    let take = WORKER_BATCH.min(capacity);
+    let mut batch = Vec::with_capacity(take);
     if concurrency <= 1 {
-        while rx.recv_many(&mut batch, WORKER_BATCH).await > 0 {
+        while rx.recv_many(&mut batch, take).await > 0 {
             for event in batch.drain(..) {
                 core.deliver_queued(&event).await;
             }
@@ -513,7 +523,7 @@ async fn run_worker(core: Arc<Core>, mut rx: mpsc::Receiver<RecordedEvent>, conc
     }
     let permits = Arc::new(Semaphore::new(concurrency));
     let mut running = JoinSet::new();
-    while rx.recv_many(&mut batch, WORKER_BATCH).await > 0 {
+    while rx.recv_many(&mut batch, take).await > 0 {
         for event in batch.drain(..) {
             let Ok(permit) = Arc::clone(&permits).acquire_owned().await else {
                 return;
@@ -1063,7 +1073,7 @@ impl BusInner {
         let queue = runtime.map(|rt| {
             let capacity = sub.queue_capacity.unwrap_or(self.queue_capacity);
             let (tx, rx) = mpsc::channel(capacity);
-            let worker = rt.spawn(run_worker(Arc::clone(&core), rx, sub.concurrency));
+            let worker = rt.spawn(run_worker(Arc::clone(&core), rx, capacity, sub.concurrency));
             Queue {
                 sender: ArcSwapOption::from_pointee(tx),
                 worker: Mutex::new(Some(worker)),

@@ -1,0 +1,9 @@
+//! Integration tests of the in-process bus.
+
+mod dead_letters;
+mod delivery;
+mod failures;
+mod middleware;
+mod publish;
+mod recorder;
+mod support;
