@@ -25,7 +25,7 @@ mod name;
 
 use proc_macro::TokenStream;
 use quote::quote;
-use syn::{parse_macro_input, Attribute, DeriveInput, Expr, ExprLit, Lit, LitStr, Meta, Token};
+use syn::{Attribute, DeriveInput, Expr, ExprLit, Lit, LitStr, Meta, Token, parse_macro_input};
 
 /// Derives `herald::Event` for a struct or an enum.
 ///
@@ -217,7 +217,7 @@ fn parse_event_attr(attr: &Attribute, name: &mut Option<LitStr>) -> syn::Result<
                     other,
                     "expected a string literal for `name`, \
                      as in #[event(name = \"order.created\")]",
-                ))
+                ));
             }
         };
         if name.is_some() {

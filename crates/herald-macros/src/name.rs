@@ -61,7 +61,7 @@ fn is_allowed(c: char) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::{validate, MAX_LEN};
+    use super::{MAX_LEN, validate};
 
     #[test]
     fn accepts_dotted_names_of_letters_digits_underscores_and_dashes() {

@@ -3,7 +3,7 @@
 use std::fmt::Debug;
 
 use herald::Event;
-use serde::{de::DeserializeOwned, Deserialize, Serialize};
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
 /// A plain struct, the common case.
 #[derive(Debug, PartialEq, Serialize, Deserialize, Event)]

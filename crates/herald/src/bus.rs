@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::Duration;
 
@@ -11,7 +11,7 @@ use arc_swap::{ArcSwap, ArcSwapOption};
 use chrono::Utc;
 use futures_util::FutureExt;
 use serde::{Deserialize, Serialize};
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::{Semaphore, mpsc};
 use tokio::task::{JoinHandle, JoinSet};
 use uuid::Uuid;
 
@@ -26,8 +26,8 @@ use crate::handler::{BoxHandler, Context, ContextShared, Handler};
 use crate::id::{self, EventId};
 use crate::middleware::panic_message;
 use crate::middleware::{
-    optional, CatchPanic, DeadLetterLayer, Either, IdempotencyLayer, Layer, Ledger, Retry,
-    RetryLayer, RetryPolicy, TimeoutLayer, Tracing,
+    CatchPanic, DeadLetterLayer, Either, IdempotencyLayer, Layer, Ledger, Retry, RetryLayer,
+    RetryPolicy, TimeoutLayer, Tracing, optional,
 };
 use crate::topic::{EventType, TopicPattern};
 use crate::{Disposition, HandlerError};
@@ -457,11 +457,7 @@ impl Core {
             );
             self.stop(err.to_string());
         }
-        if self.propagate {
-            Err(err)
-        } else {
-            Ok(())
-        }
+        if self.propagate { Err(err) } else { Ok(()) }
     }
 
     /// Delivery from an async queue: a stopped subscriber parks what is
@@ -976,9 +972,9 @@ impl BusInner {
     }
 
     fn dead_letter_store(&self) -> Result<&Arc<dyn DeadLetterStore>, DeadLetterError> {
-        self.dead_letters.as_ref().ok_or_else(|| {
-            DeadLetterError::Store("this bus keeps no dead letters".into())
-        })
+        self.dead_letters
+            .as_ref()
+            .ok_or_else(|| DeadLetterError::Store("this bus keeps no dead letters".into()))
     }
 
     fn with_core(&self, name: &str, f: impl FnOnce(&Core)) -> Result<(), UnknownSubscriber> {
@@ -1123,10 +1119,7 @@ impl BusInner {
             }
             let mut routes = cache.routes.clone();
             routes.insert(Box::from(route.event_type.as_str()), Arc::clone(&route));
-            Arc::new(RouteCache {
-                generation,
-                routes,
-            })
+            Arc::new(RouteCache { generation, routes })
         });
         Ok(route)
     }

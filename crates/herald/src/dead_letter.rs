@@ -219,7 +219,8 @@ impl DeadLetterStore for MemoryDeadLetterStore {
         let mut g = self.lock();
         let removed = g.by_id.remove(&id);
         if let Some(letter) = &removed {
-            g.by_key.remove(&(letter.subscriber.clone(), letter.event.id()));
+            g.by_key
+                .remove(&(letter.subscriber.clone(), letter.event.id()));
             g.order.remove(&id);
         }
         Ok(removed)

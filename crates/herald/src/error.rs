@@ -82,7 +82,11 @@ pub enum ErrorKind {
 /// let e = HandlerError::dead_letter("customer 7 does not exist");
 /// assert_eq!(e.disposition(), Disposition::DeadLetter);
 /// ```
-pub struct HandlerError {
+pub struct HandlerError(Box<Inner>);
+
+/// Boxed so that a handler's `Result` is one pointer wide: futures and
+/// results on the success path stay small.
+struct Inner {
     disposition: Disposition,
     kind: ErrorKind,
     error: BoxError,
@@ -92,18 +96,22 @@ pub struct HandlerError {
 
 impl HandlerError {
     fn make(disposition: Disposition, kind: ErrorKind, error: impl Into<BoxError>) -> Self {
-        Self {
+        Self(Box::new(Inner {
             disposition,
             kind,
             error: error.into(),
             history: Vec::new(),
             dead_letter: None,
-        }
+        }))
     }
 
     /// A transient failure, retried per the subscriber's retry policy.
     pub fn retry(error: impl Into<BoxError>) -> Self {
-        Self::make(Disposition::Retry { after: None }, ErrorKind::Handler, error)
+        Self::make(
+            Disposition::Retry { after: None },
+            ErrorKind::Handler,
+            error,
+        )
     }
 
     /// A transient failure to retry after `delay` (the retry policy still
@@ -134,34 +142,34 @@ impl HandlerError {
 
     /// Changes the disposition, keeping the error.
     pub fn with_disposition(mut self, disposition: Disposition) -> Self {
-        self.disposition = disposition;
+        self.0.disposition = disposition;
         self
     }
 
     /// Changes the kind, keeping the error.
     pub fn with_kind(mut self, kind: ErrorKind) -> Self {
-        self.kind = kind;
+        self.0.kind = kind;
         self
     }
 
     pub(crate) fn with_history(mut self, history: Vec<AttemptError>) -> Self {
-        self.history = history;
+        self.0.history = history;
         self
     }
 
     pub(crate) fn with_dead_letter(mut self, id: uuid::Uuid) -> Self {
-        self.dead_letter = Some(id);
+        self.0.dead_letter = Some(id);
         self
     }
 
     /// The id of the dead letter the event was parked in, when the
     /// dead-letter middleware parked it.
     pub fn dead_letter_id(&self) -> Option<uuid::Uuid> {
-        self.dead_letter
+        self.0.dead_letter
     }
 
     pub(crate) fn take_history(&mut self) -> Vec<AttemptError> {
-        std::mem::take(&mut self.history)
+        std::mem::take(&mut self.0.history)
     }
 
     /// A panic caught in a handler.
@@ -184,50 +192,50 @@ impl HandlerError {
 
     /// What should happen next.
     pub fn disposition(&self) -> Disposition {
-        self.disposition
+        self.0.disposition
     }
 
     /// Where the error came from.
     pub fn kind(&self) -> ErrorKind {
-        self.kind
+        self.0.kind
     }
 
     /// The underlying error.
     pub fn get_ref(&self) -> &(dyn StdError + Send + Sync + 'static) {
-        &*self.error
+        &*self.0.error
     }
 
     /// The underlying error, by value.
     pub fn into_inner(self) -> BoxError {
-        self.error
+        self.0.error
     }
 
     /// The failed attempts that led to this error, oldest first, when the
     /// retry middleware gave up (empty otherwise).
     pub fn history(&self) -> &[AttemptError] {
-        &self.history
+        &self.0.history
     }
 }
 
 impl fmt::Display for HandlerError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Display::fmt(&self.error, f)
+        fmt::Display::fmt(&self.0.error, f)
     }
 }
 
 impl fmt::Debug for HandlerError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("HandlerError")
-            .field("disposition", &self.disposition)
-            .field("kind", &self.kind)
-            .field("error", &self.error)
+            .field("disposition", &self.0.disposition)
+            .field("kind", &self.0.kind)
+            .field("error", &self.0.error)
             .finish()
     }
 }
 
 impl StdError for HandlerError {
     fn source(&self) -> Option<&(dyn StdError + 'static)> {
-        self.error.source()
+        self.0.error.source()
     }
 }
 

@@ -10,8 +10,8 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
-use serde_json::value::RawValue;
 use serde_json::Value;
+use serde_json::value::RawValue;
 use uuid::Uuid;
 
 use crate::id::EventId;
@@ -184,7 +184,8 @@ impl fmt::Display for Payload {
 
 impl Serialize for Payload {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let raw: &RawValue = serde_json::from_str(self.as_str()).map_err(serde::ser::Error::custom)?;
+        let raw: &RawValue =
+            serde_json::from_str(self.as_str()).map_err(serde::ser::Error::custom)?;
         raw.serialize(serializer)
     }
 }
@@ -554,7 +555,10 @@ mod tests {
         let err = Payload::from(json!({"items": []}))
             .decode::<Order>()
             .unwrap_err();
-        assert!(err.to_string().contains("missing field `order_id`"), "{err}");
+        assert!(
+            err.to_string().contains("missing field `order_id`"),
+            "{err}"
+        );
     }
 
     #[test]

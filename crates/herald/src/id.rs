@@ -157,7 +157,7 @@ pub(crate) fn now() -> (EventId, DateTime<Utc>) {
     let uuid = GENERATOR.with(|g| g.borrow_mut().next(ms));
     let at = DateTime::<Utc>::from_timestamp(
         since_epoch.as_secs() as i64,
-        since_epoch.subsec_nanos() / 1_000 * 1_000,
+        since_epoch.subsec_micros() * 1_000,
     )
     .unwrap_or_default();
     (EventId(uuid), at)

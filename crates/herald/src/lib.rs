@@ -222,7 +222,9 @@ pub use crate::event::{
     DecodeError, Event, Metadata, NewEvent, Payload, PayloadError, RecordedEvent, RecordedParts,
     Typed,
 };
-pub use crate::handler::{handler_fn, typed, BoxFuture, BoxHandler, Context, Handler, HandlerFn, TypedFn};
+pub use crate::handler::{
+    BoxFuture, BoxHandler, Context, Handler, HandlerFn, TypedFn, handler_fn, typed,
+};
 pub use crate::id::EventId;
 pub use crate::middleware::{Ledger, MemoryLedger, RetryPolicy};
 pub use crate::topic::{EventType, EventTypeError, PatternError, TopicPattern};

@@ -112,8 +112,9 @@ impl Recorder {
         self.events_of(E::NAME)
             .iter()
             .map(|e| {
-                e.decode::<E>()
-                    .unwrap_or_else(|err| panic!("recorded event {} does not decode: {err}", e.id()))
+                e.decode::<E>().unwrap_or_else(|err| {
+                    panic!("recorded event {} does not decode: {err}", e.id())
+                })
             })
             .collect()
     }
@@ -215,7 +216,9 @@ impl Expectation<'_> {
                 .iter()
                 .all(|(k, v)| e.metadata().headers.get(k) == Some(v))
             && self.correlation_id.is_none_or(|c| e.correlation_id() == c)
-            && self.causation_id.is_none_or(|c| e.causation_id() == Some(c))
+            && self
+                .causation_id
+                .is_none_or(|c| e.causation_id() == Some(c))
     }
 
     fn check(self, ok: impl Fn(usize) -> bool, wanted: &str) -> Vec<RecordedEvent> {

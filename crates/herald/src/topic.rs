@@ -1044,10 +1044,12 @@ mod tests {
                 "{p:?}"
             );
         }
-        assert!(TopicPattern::parse("order.#x")
-            .unwrap_err()
-            .to_string()
-            .contains("wildcard `#` must be a whole segment"));
+        assert!(
+            TopicPattern::parse("order.#x")
+                .unwrap_err()
+                .to_string()
+                .contains("wildcard `#` must be a whole segment")
+        );
     }
 
     // --- matching ----------------------------------------------------------

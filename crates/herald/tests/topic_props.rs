@@ -2,7 +2,7 @@
 //! plain recursive reference matcher, and validation against a plain
 //! reference validator.
 
-use herald::topic::{validate_event_type, EventType, EventTypeError, PatternError, TopicPattern};
+use herald::topic::{EventType, EventTypeError, PatternError, TopicPattern, validate_event_type};
 use proptest::prelude::*;
 
 /// Reference matcher: AMQP topic semantics, written for obviousness rather

@@ -58,7 +58,7 @@
 use std::future::Future;
 
 use futures_util::future::Either as EitherFuture;
-pub use tower_layer::{layer_fn, Identity, Layer, LayerFn, Stack};
+pub use tower_layer::{Identity, Layer, LayerFn, Stack, layer_fn};
 
 use crate::{Context, Handler, HandlerResult, RecordedEvent};
 
@@ -70,8 +70,8 @@ mod timeout;
 mod tower;
 mod tracing;
 
-pub use self::catch_panic::{CatchPanic, CatchPanicLayer};
 pub(crate) use self::catch_panic::panic_message;
+pub use self::catch_panic::{CatchPanic, CatchPanicLayer};
 pub use self::dead_letter::{DeadLetterLayer, DeadLetters};
 pub use self::idempotency::{Idempotency, IdempotencyLayer, Ledger, MemoryLedger};
 pub use self::retry::{Backoff, Retry, RetryLayer, RetryPolicy};

@@ -359,7 +359,9 @@ mod tests {
         let delays: Vec<_> = (1..=5).map(|a| p.delay(a, true)).collect();
         assert_eq!(
             delays,
-            [100, 200, 400, 500, 500].map(Duration::from_millis).to_vec()
+            [100, 200, 400, 500, 500]
+                .map(Duration::from_millis)
+                .to_vec()
         );
     }
 
@@ -369,7 +371,10 @@ mod tests {
             .jitter(0.5);
         for _ in 0..1000 {
             let d = p.delay(1, true);
-            assert!(d <= Duration::from_millis(1000) && d >= Duration::from_millis(500), "{d:?}");
+            assert!(
+                d <= Duration::from_millis(1000) && d >= Duration::from_millis(500),
+                "{d:?}"
+            );
         }
     }
 
@@ -383,14 +388,18 @@ mod tests {
             RetryPolicy::exponential(Duration::from_secs(2), Duration::from_secs(1)).validate(),
             Err(ConfigError::MinAboveMax { .. })
         ));
-        assert!(RetryPolicy::exponential(Duration::ZERO, Duration::ZERO)
-            .jitter(1.5)
-            .validate()
-            .is_err());
-        assert!(RetryPolicy::exponential(Duration::ZERO, Duration::ZERO)
-            .multiplier(0.5)
-            .validate()
-            .is_err());
+        assert!(
+            RetryPolicy::exponential(Duration::ZERO, Duration::ZERO)
+                .jitter(1.5)
+                .validate()
+                .is_err()
+        );
+        assert!(
+            RetryPolicy::exponential(Duration::ZERO, Duration::ZERO)
+                .multiplier(0.5)
+                .validate()
+                .is_err()
+        );
     }
 
     #[test]

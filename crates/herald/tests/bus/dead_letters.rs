@@ -4,8 +4,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use herald::{
-    handler_fn, Bus, DeadLetterError, DeadLetterQuery, HandlerError, RetryOutcome, RetryPolicy,
-    Subscriber, TopicPattern,
+    Bus, DeadLetterError, DeadLetterQuery, HandlerError, RetryOutcome, RetryPolicy, Subscriber,
+    TopicPattern, handler_fn,
 };
 use serde_json::json;
 
@@ -20,7 +20,10 @@ fn broken_until(fixed: Arc<AtomicBool>, seen: Seen) -> impl herald::Handler {
             if fixed.load(Ordering::SeqCst) {
                 Ok(())
             } else {
-                Err(HandlerError::retry(format!("attempt {} failed", ctx.attempt())))
+                Err(HandlerError::retry(format!(
+                    "attempt {} failed",
+                    ctx.attempt()
+                )))
             }
         }
     })
@@ -68,7 +71,8 @@ async fn retrying_a_dead_letter_redelivers_to_its_subscriber_only() {
     let fixed = Arc::new(AtomicBool::new(false));
     let broken_seen = Seen::default();
     let other = Seen::default();
-    bus.subscribe(Subscriber::new("other", other.clone()).topic("#")).unwrap();
+    bus.subscribe(Subscriber::new("other", other.clone()).topic("#"))
+        .unwrap();
     bus.subscribe(
         Subscriber::new("broken", broken_until(fixed.clone(), broken_seen.clone()))
             .topic("#")
@@ -89,11 +93,22 @@ async fn retrying_a_dead_letter_redelivers_to_its_subscriber_only() {
     assert_eq!(letter.attempts, 4);
     let attempts: Vec<u32> = letter.errors.iter().map(|e| e.attempt).collect();
     assert_eq!(attempts, [1, 2, 3, 4]);
-    assert_eq!(bus.dead_letters(&Default::default()).await.unwrap().len(), 1);
+    assert_eq!(
+        bus.dead_letters(&Default::default()).await.unwrap().len(),
+        1
+    );
 
     fixed.store(true, Ordering::SeqCst);
-    assert_eq!(bus.retry_dead_letter(id).await.unwrap(), RetryOutcome::Handled);
-    assert!(bus.dead_letters(&Default::default()).await.unwrap().is_empty());
+    assert_eq!(
+        bus.retry_dead_letter(id).await.unwrap(),
+        RetryOutcome::Handled
+    );
+    assert!(
+        bus.dead_letters(&Default::default())
+            .await
+            .unwrap()
+            .is_empty()
+    );
     assert_eq!(broken_seen.len(), 5);
     assert_eq!(other.len(), 1, "other subscribers are not re-run");
     assert!(matches!(
@@ -107,8 +122,11 @@ async fn dead_letters_filter_by_subscriber_and_type_and_can_be_discarded() {
     let bus = Bus::new();
     for name in ["a", "b"] {
         bus.subscribe(
-            Subscriber::new(name, handler_fn(|_, _| async { Err(HandlerError::dead_letter("no")) }))
-                .topic("#"),
+            Subscriber::new(
+                name,
+                handler_fn(|_, _| async { Err(HandlerError::dead_letter("no")) }),
+            )
+            .topic("#"),
         )
         .unwrap();
     }
@@ -142,7 +160,10 @@ async fn dead_letters_filter_by_subscriber_and_type_and_can_be_discarded() {
 
     let discarded = bus.discard_dead_letter(all[0].id).await.unwrap();
     assert_eq!(discarded.id, all[0].id);
-    assert_eq!(bus.dead_letters(&Default::default()).await.unwrap().len(), 3);
+    assert_eq!(
+        bus.dead_letters(&Default::default()).await.unwrap().len(),
+        3
+    );
     assert!(matches!(
         bus.discard_dead_letter(all[0].id).await,
         Err(DeadLetterError::NotFound(_))
@@ -153,15 +174,20 @@ async fn dead_letters_filter_by_subscriber_and_type_and_can_be_discarded() {
 async fn retrying_a_dead_letter_of_a_removed_subscriber_is_an_error() {
     let bus = Bus::new();
     bus.subscribe(
-        Subscriber::new("gone", handler_fn(|_, _| async { Err(HandlerError::dead_letter("x")) }))
-            .topic("#"),
+        Subscriber::new(
+            "gone",
+            handler_fn(|_, _| async { Err(HandlerError::dead_letter("x")) }),
+        )
+        .topic("#"),
     )
     .unwrap();
     bus.publish("a.b", json!({})).await.unwrap();
     let id = bus.dead_letters(&Default::default()).await.unwrap()[0].id;
     bus.unsubscribe("gone").await.unwrap();
     let err = bus.retry_dead_letter(id).await.unwrap_err();
-    assert!(matches!(err, DeadLetterError::SubscriberGone { ref subscriber, .. } if subscriber == "gone"));
+    assert!(
+        matches!(err, DeadLetterError::SubscriberGone { ref subscriber, .. } if subscriber == "gone")
+    );
     assert!(err.to_string().contains("gone"));
     // The dead letter stays.
     assert!(bus.dead_letter(id).await.is_ok());

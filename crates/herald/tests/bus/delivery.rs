@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use herald::{handler_fn, Bus, DeliveryMode, HandlerError, Subscriber, SubscriberState};
+use herald::{Bus, DeliveryMode, HandlerError, Subscriber, SubscriberState, handler_fn};
 use serde_json::json;
 use tokio::sync::{Barrier, Semaphore};
 
@@ -74,7 +74,10 @@ async fn a_full_queue_makes_publish_wait_and_drops_nothing() {
     }
     let stuck_at = accepted.load(Ordering::SeqCst);
     // capacity 4 in the queue + at most 4 taken by the worker + 1 in hand.
-    assert!(stuck_at <= 9, "publish ran ahead of a full queue: {stuck_at}");
+    assert!(
+        stuck_at <= 9,
+        "publish ran ahead of a full queue: {stuck_at}"
+    );
     assert!(!publisher.is_finished());
     assert_eq!(bus.subscriber("slow").unwrap().queued, 4);
 
@@ -155,7 +158,10 @@ async fn shutdown_returns_after_every_accepted_event_was_handled_or_dead_lettere
     let info = bus.subscriber("mixed").unwrap();
     assert_eq!(info.handled, 900);
     assert_eq!(info.dead_lettered, 100);
-    assert_eq!(bus.dead_letters(&Default::default()).await.unwrap().len(), 100);
+    assert_eq!(
+        bus.dead_letters(&Default::default()).await.unwrap().len(),
+        100
+    );
     // A second shutdown returns at once.
     bus.shutdown().await;
 }

@@ -5,13 +5,13 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use herald::{
-    handler_fn, Bus, Disposition, ErrorKind, HandlerError, PublishError, RetryPolicy, Subscriber,
-    SubscriberState,
+    Bus, Disposition, ErrorKind, HandlerError, PublishError, RetryPolicy, Subscriber,
+    SubscriberState, handler_fn,
 };
 use serde_json::json;
 use tokio::time::Instant;
 
-use crate::support::{capture_logs, Seen, Trail};
+use crate::support::{Seen, Trail, capture_logs};
 
 fn failing(message: &'static str) -> impl herald::Handler {
     handler_fn(move |_, _| async move { Err(HandlerError::retry(message)) })
@@ -31,16 +31,20 @@ async fn errors_and_panics_never_fail_publish_nor_stop_other_subscribers() {
     let bus = Bus::new();
     let before = Seen::default();
     let after = Seen::default();
-    bus.subscribe(Subscriber::new("before", before.clone()).topic("#")).unwrap();
-    bus.subscribe(Subscriber::new("erring", failing("db down")).topic("#")).unwrap();
-    bus.subscribe(Subscriber::new("panicking", panicking()).topic("#")).unwrap();
+    bus.subscribe(Subscriber::new("before", before.clone()).topic("#"))
+        .unwrap();
+    bus.subscribe(Subscriber::new("erring", failing("db down")).topic("#"))
+        .unwrap();
+    bus.subscribe(Subscriber::new("panicking", panicking()).topic("#"))
+        .unwrap();
     bus.subscribe(
         Subscriber::new("async-panicking", panicking())
             .topic("#")
             .mode(herald::DeliveryMode::Async),
     )
     .unwrap();
-    bus.subscribe(Subscriber::new("after", after.clone()).topic("#")).unwrap();
+    bus.subscribe(Subscriber::new("after", after.clone()).topic("#"))
+        .unwrap();
 
     for _ in 0..3 {
         bus.publish("boom.now", json!({})).await.unwrap();
@@ -55,9 +59,16 @@ async fn errors_and_panics_never_fail_publish_nor_stop_other_subscribers() {
     }
     let letters = bus.dead_letters(&Default::default()).await.unwrap();
     assert_eq!(letters.len(), 9);
-    let panic_letter = letters.iter().find(|l| l.subscriber == "panicking").unwrap();
+    let panic_letter = letters
+        .iter()
+        .find(|l| l.subscriber == "panicking")
+        .unwrap();
     assert_eq!(panic_letter.errors[0].kind, ErrorKind::Panic);
-    assert!(panic_letter.reason.contains("kaboom"), "{}", panic_letter.reason);
+    assert!(
+        panic_letter.reason.contains("kaboom"),
+        "{}",
+        panic_letter.reason
+    );
 }
 
 #[tokio::test(flavor = "current_thread")]
@@ -90,7 +101,8 @@ async fn every_failure_is_logged_with_event_type_subscriber_attempt_and_error() 
 async fn failures_without_dead_letters_are_still_logged() {
     let (logs, _guard) = capture_logs();
     let bus = Bus::builder().without_dead_letters().build();
-    bus.subscribe(Subscriber::new("s", failing("nope")).topic("#")).unwrap();
+    bus.subscribe(Subscriber::new("s", failing("nope")).topic("#"))
+        .unwrap();
     let event = bus.publish("a.b", json!({})).await.unwrap();
     let failed = logs.with_message("handler failed");
     assert_eq!(failed.len(), 1);
@@ -123,7 +135,8 @@ async fn a_propagating_inline_subscriber_fails_publish_and_holds_back_the_event(
         .propagate_errors(),
     )
     .unwrap();
-    bus.subscribe(Subscriber::new("later", later.clone()).topic("#")).unwrap();
+    bus.subscribe(Subscriber::new("later", later.clone()).topic("#"))
+        .unwrap();
     bus.subscribe(
         Subscriber::new("queued", queued.clone())
             .topic("#")
@@ -146,7 +159,12 @@ async fn a_propagating_inline_subscriber_fails_publish_and_holds_back_the_event(
     bus.shutdown().await;
     assert_eq!(later.len(), 0);
     assert_eq!(queued.len(), 0);
-    assert!(bus.dead_letters(&Default::default()).await.unwrap().is_empty());
+    assert!(
+        bus.dead_letters(&Default::default())
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }
 
 #[tokio::test(flavor = "current_thread")]
@@ -229,7 +247,10 @@ async fn stop_dead_letters_the_event_and_stops_the_subscriber_until_enabled() {
     ));
     bus.publish("good.event", json!({})).await.unwrap();
     assert_eq!(calls.len(), 1, "a stopped subscriber receives nothing");
-    assert_eq!(bus.dead_letters(&Default::default()).await.unwrap().len(), 1);
+    assert_eq!(
+        bus.dead_letters(&Default::default()).await.unwrap().len(),
+        1
+    );
 
     bus.enable("s").unwrap();
     bus.publish("good.event", json!({})).await.unwrap();

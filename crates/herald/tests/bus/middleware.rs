@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use herald::middleware::{Layer, TowerLayer};
 use herald::{
-    handler_fn, Bus, Context, DeliveryMode, ErrorKind, EventId, Handler, HandlerError,
-    HandlerResult, Ledger, MemoryLedger, NewEvent, RecordedEvent, RetryPolicy, Subscriber,
+    Bus, Context, DeliveryMode, ErrorKind, EventId, Handler, HandlerError, HandlerResult, Ledger,
+    MemoryLedger, NewEvent, RecordedEvent, RetryPolicy, Subscriber, handler_fn,
 };
 use serde_json::json;
 
@@ -213,6 +213,9 @@ async fn tower_errors_become_retryable_service_errors() {
         .iter()
         .find(|l| l.subscriber == "keeps-disposition")
         .unwrap();
-    assert_eq!(kept.attempts, 1, "a HandlerError passes through tower unchanged");
+    assert_eq!(
+        kept.attempts, 1,
+        "a HandlerError passes through tower unchanged"
+    );
     assert_eq!(kept.reason, "bad data");
 }

@@ -3,8 +3,8 @@
 use std::sync::Arc;
 
 use herald::{
-    handler_fn, typed, Bus, Disposition, ErrorKind, Event, EventId, NewEvent, PatternError,
-    Payload, PublishError, SubscribeError, Subscriber, SubscriberState, Typed,
+    Bus, Disposition, ErrorKind, Event, EventId, NewEvent, PatternError, Payload, PublishError,
+    SubscribeError, Subscriber, SubscriberState, Typed, handler_fn, typed,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -38,7 +38,8 @@ async fn every_published_event_gets_a_v7_id_a_time_and_a_correlation_id() {
 async fn metadata_and_ids_given_by_the_publisher_are_kept() {
     let bus = Bus::new();
     let seen = Seen::default();
-    bus.subscribe(Subscriber::new("s", seen.clone()).topic("#")).unwrap();
+    bus.subscribe(Subscriber::new("s", seen.clone()).topic("#"))
+        .unwrap();
     let id = EventId::new();
     let correlation = *EventId::new().as_uuid();
     bus.publish_new(
@@ -74,10 +75,16 @@ async fn patterns_route_events_by_segments() {
             (name.to_string(), s)
         })
         .collect();
-    for ty in ["order.created", "order.line.added", "order", "invoice.created"] {
+    for ty in [
+        "order.created",
+        "order.line.added",
+        "order",
+        "invoice.created",
+    ] {
         bus.publish(ty, json!({})).await.unwrap();
     }
-    let got: Vec<(String, Vec<String>)> = seen.iter().map(|(n, s)| (n.clone(), s.types())).collect();
+    let got: Vec<(String, Vec<String>)> =
+        seen.iter().map(|(n, s)| (n.clone(), s.types())).collect();
     assert_eq!(
         got,
         vec![
@@ -85,7 +92,11 @@ async fn patterns_route_events_by_segments() {
             ("star".into(), vec!["order.created".to_string()]),
             (
                 "hash".into(),
-                vec!["order.created".into(), "order.line.added".into(), "order".into()]
+                vec![
+                    "order.created".into(),
+                    "order.line.added".into(),
+                    "order".into()
+                ]
             ),
             (
                 "all".into(),
@@ -108,10 +119,8 @@ async fn patterns_route_events_by_segments() {
 async fn a_subscriber_with_several_patterns_gets_each_event_once() {
     let bus = Bus::new();
     let seen = Seen::default();
-    bus.subscribe(
-        Subscriber::new("s", seen.clone()).topics(["order.*", "order.#", "#"]),
-    )
-    .unwrap();
+    bus.subscribe(Subscriber::new("s", seen.clone()).topics(["order.*", "order.#", "#"]))
+        .unwrap();
     bus.publish("order.created", json!({})).await.unwrap();
     assert_eq!(seen.len(), 1);
 }
@@ -124,7 +133,10 @@ async fn invalid_patterns_and_names_are_typed_errors_at_subscribe_time() {
         .subscribe(Subscriber::new("a", noop()).topic("order.cre*"))
         .unwrap_err();
     assert!(
-        matches!(err, SubscribeError::InvalidPattern(PatternError::PartialWildcard { .. })),
+        matches!(
+            err,
+            SubscribeError::InvalidPattern(PatternError::PartialWildcard { .. })
+        ),
         "{err:?}"
     );
     assert!(err.to_string().contains("order.cre*"), "{err}");
@@ -140,7 +152,8 @@ async fn invalid_patterns_and_names_are_typed_errors_at_subscribe_time() {
         bus.subscribe(Subscriber::new("", noop()).topic("#")),
         Err(SubscribeError::InvalidName(_))
     ));
-    bus.subscribe(Subscriber::new("a", noop()).topic("#")).unwrap();
+    bus.subscribe(Subscriber::new("a", noop()).topic("#"))
+        .unwrap();
     let dup = bus
         .subscribe(Subscriber::new("a", noop()).topic("x"))
         .unwrap_err();
@@ -152,10 +165,14 @@ async fn invalid_patterns_and_names_are_typed_errors_at_subscribe_time() {
 async fn invalid_event_types_are_rejected_and_delivered_nowhere() {
     let bus = Bus::new();
     let seen = Seen::default();
-    bus.subscribe(Subscriber::new("s", seen.clone()).topic("#")).unwrap();
+    bus.subscribe(Subscriber::new("s", seen.clone()).topic("#"))
+        .unwrap();
     for bad in ["", "order..created", "order.*", "order created", "ordér"] {
         let err = bus.publish(bad, json!({})).await.unwrap_err();
-        assert!(matches!(err, PublishError::InvalidEventType(_)), "{bad}: {err:?}");
+        assert!(
+            matches!(err, PublishError::InvalidEventType(_)),
+            "{bad}: {err:?}"
+        );
     }
     assert_eq!(seen.len(), 0);
 }
@@ -165,14 +182,19 @@ async fn subscribers_can_be_listed_disabled_enabled_and_removed() {
     let bus = Bus::new();
     let a = Seen::default();
     let b = Seen::default();
-    bus.subscribe(Subscriber::new("a", a.clone()).topic("x.*")).unwrap();
-    bus.subscribe(Subscriber::new("b", b.clone()).topic("x.#")).unwrap();
+    bus.subscribe(Subscriber::new("a", a.clone()).topic("x.*"))
+        .unwrap();
+    bus.subscribe(Subscriber::new("b", b.clone()).topic("x.#"))
+        .unwrap();
     let names: Vec<_> = bus.subscribers().into_iter().map(|s| s.name).collect();
     assert_eq!(names, ["a", "b"]);
     assert_eq!(bus.subscriber("a").unwrap().topics, ["x.*"]);
 
     bus.disable("a").unwrap();
-    assert_eq!(bus.subscriber("a").unwrap().state, SubscriberState::Disabled);
+    assert_eq!(
+        bus.subscriber("a").unwrap().state,
+        SubscriberState::Disabled
+    );
     bus.publish("x.one", json!({})).await.unwrap();
     bus.enable("a").unwrap();
     bus.publish("x.two", json!({})).await.unwrap();
@@ -186,7 +208,8 @@ async fn subscribers_can_be_listed_disabled_enabled_and_removed() {
     assert!(bus.unsubscribe("b").await.is_err());
     assert!(bus.disable("nobody").is_err());
     // The name is free again.
-    bus.subscribe(Subscriber::new("b", b.clone()).topic("#")).unwrap();
+    bus.subscribe(Subscriber::new("b", b.clone()).topic("#"))
+        .unwrap();
     bus.publish("x.four", json!({})).await.unwrap();
     assert_eq!(b.len(), 3);
 }
@@ -242,7 +265,10 @@ async fn typed_events_publish_and_decode() {
     };
     let recorded = bus.publish_event(&order).await.unwrap();
     assert_eq!(recorded.event_type(), "order.created");
-    assert_eq!(recorded.data().to_value(), json!({"order_id": 7, "total_cents": 1999}));
+    assert_eq!(
+        recorded.data().to_value(),
+        json!({"order_id": 7, "total_cents": 1999})
+    );
     assert_eq!(*got.lock().unwrap(), vec![order]);
 }
 
@@ -250,17 +276,17 @@ async fn typed_events_publish_and_decode() {
 async fn a_payload_that_does_not_decode_is_a_dead_lettered_error_naming_type_and_field() {
     let bus = Bus::new();
     bus.subscribe(
-        Subscriber::new(
-            "typed",
-            typed(|_: Typed<OrderCreated>, _| async { Ok(()) }),
-        )
-        .topic("order.created")
-        .retry(herald::RetryPolicy::immediate(5)),
+        Subscriber::new("typed", typed(|_: Typed<OrderCreated>, _| async { Ok(()) }))
+            .topic("order.created")
+            .retry(herald::RetryPolicy::immediate(5)),
     )
     .unwrap();
-    bus.publish("order.created", json!({"order_id": 1, "total_cents": "lots"}))
-        .await
-        .unwrap();
+    bus.publish(
+        "order.created",
+        json!({"order_id": 1, "total_cents": "lots"}),
+    )
+    .await
+    .unwrap();
     let letters = bus.dead_letters(&Default::default()).await.unwrap();
     assert_eq!(letters.len(), 1);
     let letter = &letters[0];
@@ -274,7 +300,10 @@ async fn a_payload_that_does_not_decode_is_a_dead_lettered_error_naming_type_and
         .map_err(herald::HandlerError::from)
         .unwrap_err();
     assert_eq!(err.disposition(), Disposition::DeadLetter);
-    assert!(err.to_string().contains("missing field `total_cents`"), "{err}");
+    assert!(
+        err.to_string().contains("missing field `total_cents`"),
+        "{err}"
+    );
 }
 
 #[tokio::test]
@@ -303,7 +332,8 @@ async fn follow_up_events_carry_correlation_and_causation() {
     )
     .unwrap();
     let seen = Seen::default();
-    bus.subscribe(Subscriber::new("all", seen.clone()).topic("order.#")).unwrap();
+    bus.subscribe(Subscriber::new("all", seen.clone()).topic("order.#"))
+        .unwrap();
 
     let root = bus
         .publish("order.created", json!({"order_id": 1}))

@@ -1,7 +1,7 @@
 //! The test recorder users get in `herald::testing`.
 
 use herald::testing::Recorder;
-use herald::{handler_fn, Bus, Event, NewEvent, Subscriber};
+use herald::{Bus, Event, NewEvent, Subscriber, handler_fn};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
@@ -19,7 +19,8 @@ async fn the_recorder_sees_published_and_follow_up_events() {
         Subscriber::new(
             "thank",
             handler_fn(|_, ctx| async move {
-                ctx.publish("email.sent", json!({"to": "a@example.com"})).await?;
+                ctx.publish("email.sent", json!({"to": "a@example.com"}))
+                    .await?;
                 Ok(())
             }),
         )
@@ -51,14 +52,19 @@ async fn the_recorder_sees_published_and_follow_up_events() {
         .once();
     recorder.assert_published("order.cancelled").never();
     assert_eq!(recorder.assert_published("#").times(3).len(), 3);
-    assert_eq!(recorder.published::<OrderCreated>(), [OrderCreated { order_id: 9 }]);
+    assert_eq!(
+        recorder.published::<OrderCreated>(),
+        [OrderCreated { order_id: 9 }]
+    );
     assert_eq!(recorder.events_of("order.*").len(), 1);
     recorder.clear();
     assert!(recorder.events().is_empty());
 }
 
 #[tokio::test]
-#[should_panic(expected = "expected exactly 1 event(s) matching order.created with data {\"order_id\":2}, found 0")]
+#[should_panic(
+    expected = "expected exactly 1 event(s) matching order.created with data {\"order_id\":2}, found 0"
+)]
 async fn a_failed_expectation_says_what_was_published() {
     let bus = Bus::new();
     let recorder = Recorder::attach(&bus);

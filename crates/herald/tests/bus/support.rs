@@ -5,8 +5,8 @@ use std::sync::{Arc, Mutex};
 
 use herald::{Context, Handler, HandlerResult, RecordedEvent};
 use tracing::field::{Field, Visit};
-use tracing_subscriber::layer::{Context as LayerContext, SubscriberExt};
 use tracing_subscriber::Layer;
+use tracing_subscriber::layer::{Context as LayerContext, SubscriberExt};
 
 /// One captured log event: level, message and fields.
 #[derive(Clone, Debug)]
