@@ -232,3 +232,8 @@ pub use crate::topic::{EventType, EventTypeError, PatternError, TopicPattern};
 pub use herald_macros::Event;
 
 pub use async_trait::async_trait;
+
+/// The README's examples run as doctests, so they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+struct ReadmeDoctests;
