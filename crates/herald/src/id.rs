@@ -21,9 +21,9 @@
 use std::cell::RefCell;
 use std::fmt;
 use std::str::FromStr;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, NaiveDate, NaiveDateTime, NaiveTime, Utc};
 use rand::{Rng, RngCore};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -109,6 +109,10 @@ struct Generator {
     last_ms: u64,
     counter: u64,
     rng: rand::rngs::ThreadRng,
+    /// The calendar date of `day`, so that the recorded-at time does not go
+    /// through a calendar conversion on every event.
+    day: u64,
+    date: NaiveDate,
 }
 
 impl Generator {
@@ -140,12 +144,40 @@ impl Generator {
     }
 }
 
+impl Generator {
+    fn new() -> Self {
+        Self {
+            last_ms: 0,
+            counter: 0,
+            rng: rand::rng(),
+            day: 0,
+            date: NaiveDate::default(),
+        }
+    }
+
+    /// The time as a UTC date-time, at microsecond precision (what stores
+    /// keep).
+    fn datetime(&mut self, since_epoch: Duration) -> DateTime<Utc> {
+        const DAY: u64 = 86_400;
+        let secs = since_epoch.as_secs();
+        let day = secs / DAY;
+        if day != self.day || self.date == NaiveDate::default() {
+            self.day = day;
+            self.date = DateTime::<Utc>::from_timestamp((day * DAY) as i64, 0)
+                .unwrap_or_default()
+                .date_naive();
+        }
+        let time = NaiveTime::from_num_seconds_from_midnight_opt(
+            (secs % DAY) as u32,
+            since_epoch.subsec_micros() * 1_000,
+        )
+        .unwrap_or_default();
+        NaiveDateTime::new(self.date, time).and_utc()
+    }
+}
+
 thread_local! {
-    static GENERATOR: RefCell<Generator> = RefCell::new(Generator {
-        last_ms: 0,
-        counter: 0,
-        rng: rand::rng(),
-    });
+    static GENERATOR: RefCell<Generator> = RefCell::new(Generator::new());
 }
 
 /// One clock read: a new id and the matching recorded-at time.
@@ -154,13 +186,11 @@ pub(crate) fn now() -> (EventId, DateTime<Utc>) {
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default();
     let ms = since_epoch.as_millis() as u64;
-    let uuid = GENERATOR.with(|g| g.borrow_mut().next(ms));
-    let at = DateTime::<Utc>::from_timestamp(
-        since_epoch.as_secs() as i64,
-        since_epoch.subsec_micros() * 1_000,
-    )
-    .unwrap_or_default();
-    (EventId(uuid), at)
+    GENERATOR.with(|g| {
+        let mut g = g.borrow_mut();
+        let uuid = g.next(ms);
+        (EventId(uuid), g.datetime(since_epoch))
+    })
 }
 
 #[cfg(test)]
@@ -193,12 +223,23 @@ mod tests {
     }
 
     #[test]
+    fn recorded_at_is_the_clock_time_in_microseconds() {
+        let mut g = Generator::new();
+        for (secs, micros) in [
+            (0u64, 0u32),
+            (86_399, 999_999),
+            (1_700_000_000, 123_456),
+            (1_700_086_400, 7),
+        ] {
+            let d = Duration::new(secs, micros * 1_000 + 999);
+            let expected = DateTime::<Utc>::from_timestamp(secs as i64, micros * 1_000).unwrap();
+            assert_eq!(g.datetime(d), expected);
+        }
+    }
+
+    #[test]
     fn counter_overflow_moves_to_next_millisecond() {
-        let mut g = Generator {
-            last_ms: 0,
-            counter: 0,
-            rng: rand::rng(),
-        };
+        let mut g = Generator::new();
         let a = g.next(1000);
         g.counter = COUNTER_MAX;
         let b = g.next(1000);
@@ -208,11 +249,7 @@ mod tests {
 
     #[test]
     fn clock_going_backwards_keeps_ids_increasing() {
-        let mut g = Generator {
-            last_ms: 0,
-            counter: 0,
-            rng: rand::rng(),
-        };
+        let mut g = Generator::new();
         let a = g.next(5000);
         let b = g.next(4000);
         assert!(b > a);

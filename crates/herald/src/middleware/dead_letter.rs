@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use crate::dead_letter::{DeadLetterStore, NewDeadLetter};
 use crate::error::AttemptError;
-use crate::{Context, Disposition, Handler, HandlerResult, RecordedEvent};
+use crate::{Context, Disposition, Handler, HandlerError, HandlerResult, RecordedEvent};
 
 /// Writes given-up events to a dead-letter store; see [`DeadLetters`].
 #[derive(Clone)]
@@ -56,13 +56,22 @@ impl<H> DeadLetters<H> {
 
 impl<H: Handler> Handler for DeadLetters<H> {
     async fn handle(&self, event: &RecordedEvent, ctx: &Context) -> HandlerResult {
-        let mut err = match self.inner.handle(event, ctx).await {
-            Ok(()) => return Ok(()),
-            Err(err) => err,
-        };
-        if err.disposition() == Disposition::Skip {
-            return Err(err);
+        match self.inner.handle(event, ctx).await {
+            Ok(()) => Ok(()),
+            Err(err) if err.disposition() == Disposition::Skip => Err(err),
+            // Out of line and boxed: keeps the success path's future small.
+            Err(err) => Box::pin(self.park(event, ctx, err)).await,
         }
+    }
+}
+
+impl<H: Handler> DeadLetters<H> {
+    async fn park(
+        &self,
+        event: &RecordedEvent,
+        ctx: &Context,
+        mut err: HandlerError,
+    ) -> HandlerResult {
         let mut history = err.take_history();
         if history.is_empty() {
             history.push(AttemptError::new(ctx.attempt(), &err));

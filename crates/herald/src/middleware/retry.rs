@@ -303,16 +303,29 @@ impl<H> Retry<H> {
 
 impl<H: Handler> Handler for Retry<H> {
     async fn handle(&self, event: &RecordedEvent, ctx: &Context) -> HandlerResult {
+        match self.inner.handle(event, ctx).await {
+            Ok(()) => Ok(()),
+            // The retry loop lives in its own boxed future, so that the
+            // future of a delivery that succeeds stays small (it is moved
+            // and boxed once per delivery).
+            Err(err) => Box::pin(self.after_failure(event, ctx, err)).await,
+        }
+    }
+}
+
+impl<H: Handler> Retry<H> {
+    async fn after_failure(
+        &self,
+        event: &RecordedEvent,
+        ctx: &Context,
+        first_error: HandlerError,
+    ) -> HandlerResult {
         let first = ctx.attempt();
         let mut history: Vec<AttemptError> = Vec::new();
-        let mut retry_ctx: Option<Context> = None;
         let mut attempt = first;
+        let mut failure = first_error;
         loop {
-            let current = retry_ctx.as_ref().unwrap_or(ctx);
-            let mut err = match self.inner.handle(event, current).await {
-                Ok(()) => return Ok(()),
-                Err(err) => err,
-            };
+            let mut err = failure;
             if err.disposition() == Disposition::Skip {
                 return Err(err);
             }
@@ -343,7 +356,11 @@ impl<H: Handler> Handler for Retry<H> {
                 tokio::time::sleep(delay).await;
             }
             attempt += 1;
-            retry_ctx = Some(ctx.with_attempt(attempt));
+            let retry_ctx = ctx.with_attempt(attempt);
+            failure = match self.inner.handle(event, &retry_ctx).await {
+                Ok(()) => return Ok(()),
+                Err(err) => err,
+            };
         }
     }
 }
