@@ -1,6 +1,7 @@
 //! Turns a panic in a handler into an error.
 
 use std::any::Any;
+use std::future::Future;
 use std::panic::AssertUnwindSafe;
 
 use futures_util::FutureExt;
@@ -55,14 +56,17 @@ impl<H> CatchPanic<H> {
 }
 
 impl<H: Handler> Handler for CatchPanic<H> {
-    async fn handle(&self, event: &RecordedEvent, ctx: &Context) -> HandlerResult {
-        match AssertUnwindSafe(self.inner.handle(event, ctx))
+    fn handle(
+        &self,
+        event: &RecordedEvent,
+        ctx: &Context,
+    ) -> impl Future<Output = HandlerResult> + Send {
+        AssertUnwindSafe(self.inner.handle(event, ctx))
             .catch_unwind()
-            .await
-        {
-            Ok(result) => result,
-            Err(panic) => Err(HandlerError::panic(panic_message(&*panic))),
-        }
+            .map(|outcome| match outcome {
+                Ok(result) => result,
+                Err(panic) => Err(HandlerError::panic(panic_message(&*panic))),
+            })
     }
 }
 

@@ -56,7 +56,14 @@ impl<H> Timeout<H> {
 
 impl<H: Handler> Handler for Timeout<H> {
     async fn handle(&self, event: &RecordedEvent, ctx: &Context) -> HandlerResult {
-        match tokio::time::timeout(self.limit, self.inner.handle(event, ctx)).await {
+        // Boxed: a timer entry is large, and the bus keeps room for this
+        // layer in every subscriber's future, timeout or not.
+        match Box::pin(tokio::time::timeout(
+            self.limit,
+            self.inner.handle(event, ctx),
+        ))
+        .await
+        {
             Ok(result) => result,
             Err(_) => Err(HandlerError::timeout(self.limit)),
         }

@@ -1,5 +1,8 @@
 //! A tracing span around each delivery.
 
+use std::future::Future;
+
+use futures_util::future::Either;
 use tracing::Instrument;
 
 use crate::{Context, Handler, HandlerResult, RecordedEvent};
@@ -52,7 +55,13 @@ impl<H> Tracing<H> {
 }
 
 impl<H: Handler> Handler for Tracing<H> {
-    async fn handle(&self, event: &RecordedEvent, ctx: &Context) -> HandlerResult {
+    // Not an async fn: with the span disabled, the inner future is returned
+    // as it is, without a state machine or a span held around it.
+    fn handle(
+        &self,
+        event: &RecordedEvent,
+        ctx: &Context,
+    ) -> impl Future<Output = HandlerResult> + Send {
         let span = tracing::debug_span!(
             "herald.deliver",
             event_id = %event.id(),
@@ -62,9 +71,9 @@ impl<H: Handler> Handler for Tracing<H> {
             attempt = ctx.attempt(),
         );
         if span.is_disabled() {
-            self.inner.handle(event, ctx).await
+            Either::Left(self.inner.handle(event, ctx))
         } else {
-            self.inner.handle(event, ctx).instrument(span).await
+            Either::Right(self.inner.handle(event, ctx).instrument(span))
         }
     }
 }
