@@ -1171,6 +1171,7 @@ impl BusInner {
             recorded_at,
             data,
             metadata,
+            origin: None,
         });
         for core in route.inline.iter() {
             if !core.is_enabled() {
@@ -1227,6 +1228,7 @@ mod tests {
             recorded_at: Utc::now(),
             data: Payload::null(),
             metadata: Metadata::default(),
+            origin: None,
         });
         let store: Arc<dyn DeadLetterStore> = Arc::new(MemoryDeadLetterStore::new());
         let guarded = CatchPanic::new(optional(None::<TimeoutLayer>, Noop));

@@ -363,6 +363,20 @@ pub struct RecordedParts {
     /// The metadata.
     #[serde(default)]
     pub metadata: Metadata,
+    /// For an event read through a link: the stream and version it was
+    /// first appended at (`stream` and `version` are then those of the
+    /// stream read).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<Origin>,
+}
+
+/// Where a linked event was first appended.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Origin {
+    /// Its original stream.
+    pub stream: Arc<str>,
+    /// Its version there.
+    pub version: u64,
 }
 
 /// An event as recorded: id, type, stream, position, time, payload and

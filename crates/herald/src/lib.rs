@@ -205,6 +205,7 @@ mod event;
 mod handler;
 mod id;
 pub mod middleware;
+pub mod store;
 pub mod testing;
 pub mod topic;
 
@@ -219,8 +220,8 @@ pub use crate::error::{
     HandlerResult, LedgerError, PublishError, SubscribeError, UnknownSubscriber,
 };
 pub use crate::event::{
-    DecodeError, Event, Metadata, NewEvent, Payload, PayloadError, RecordedEvent, RecordedParts,
-    Typed,
+    DecodeError, Event, Metadata, NewEvent, Origin, Payload, PayloadError, RecordedEvent,
+    RecordedParts, Typed,
 };
 pub use crate::handler::{
     BoxFuture, BoxHandler, Context, Handler, HandlerFn, TypedFn, handler_fn, typed,

@@ -1,0 +1,498 @@
+//! The in-memory event store.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, RwLock};
+
+use async_trait::async_trait;
+use chrono::Utc;
+use futures_util::stream::{self, BoxStream, StreamExt};
+use tokio::sync::watch;
+
+use super::{
+    Appended, AppendedEvent, Capabilities, Direction, EventStore, ExpectedVersion, ListStreams,
+    ReadAll, ReadStream, StoreError, StreamInfo, StreamName,
+};
+use crate::event::{NewEvent, Origin, RecordedEvent, RecordedParts};
+use crate::id::{self, EventId};
+use crate::topic::EventType;
+
+/// Events per batch when reading the global log.
+const READ_BATCH: usize = 512;
+
+/// An event store in memory: complete, fast, and gone when the process
+/// ends.
+///
+/// It is a real backend, for tests and for applications that need history
+/// only while they run; it passes the same conformance suite as the durable
+/// stores.
+///
+/// | capability | |
+/// |---|---|
+/// | durable | no |
+/// | shared between processes | no |
+/// | outbox, inbox | no (no transactions to join) |
+/// | competing consumers | no |
+///
+/// Appends are serialized by a lock, so positions become visible in order.
+/// Clones share the same store.
+///
+/// # Examples
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// use herald::store::{EventStore, ExpectedVersion, MemoryStore, ReadStream, StreamName};
+/// use herald::NewEvent;
+/// use serde_json::json;
+///
+/// let store = MemoryStore::new();
+/// let order = StreamName::new("order-42").unwrap();
+/// store
+///     .append(&order, ExpectedVersion::NoStream, vec![NewEvent::new("order.created", json!({"total": 10}))])
+///     .await
+///     .unwrap();
+/// let events = store.read_stream(&order, ReadStream::forward()).await.unwrap();
+/// assert_eq!(events[0].version(), Some(0));
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct MemoryStore {
+    state: Arc<RwLock<State>>,
+    head: Arc<watch::Sender<u64>>,
+}
+
+#[derive(Default)]
+struct State {
+    /// Every event by position, as first appended.
+    log: BTreeMap<u64, RecordedEvent>,
+    by_id: HashMap<EventId, u64>,
+    streams: BTreeMap<StreamName, Stream>,
+    last_position: u64,
+}
+
+struct Stream {
+    /// Positions of the stream's events, by version; `None` is a hole left
+    /// by a deleted, linked event.
+    entries: Vec<Option<u64>>,
+    first_recorded_at: chrono::DateTime<Utc>,
+    last_recorded_at: chrono::DateTime<Utc>,
+}
+
+impl Default for MemoryStore {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl MemoryStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self {
+            state: Arc::new(RwLock::new(State::default())),
+            head: Arc::new(watch::channel(0).0),
+        }
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, State> {
+        // Writers validate everything before they change the state, so a
+        // panic cannot leave it half-written; a poisoned lock is still sound.
+        self.state.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, State> {
+        self.state.write().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl State {
+    fn version(&self, stream: &StreamName) -> Option<u64> {
+        self.streams
+            .get(stream)
+            .and_then(|s| (s.entries.len() as u64).checked_sub(1))
+    }
+
+    fn check(
+        &self,
+        stream: &StreamName,
+        expected: ExpectedVersion,
+    ) -> Result<Option<u64>, StoreError> {
+        let actual = self.version(stream);
+        if expected.is_met_by(actual) {
+            Ok(actual)
+        } else {
+            Err(StoreError::WrongExpectedVersion {
+                stream: stream.clone(),
+                expected,
+                actual,
+            })
+        }
+    }
+
+    /// The stored events of an append that repeats an earlier one, or why
+    /// it is not a repeat.
+    fn repeat_of(
+        &self,
+        stream: &StreamName,
+        events: &[NewEvent],
+    ) -> Result<Option<Vec<AppendedEvent>>, StoreError> {
+        if events.is_empty() {
+            return Ok(None);
+        }
+        let mut found = Vec::with_capacity(events.len());
+        for (i, new) in events.iter().enumerate() {
+            let stored = new
+                .id()
+                .and_then(|id| self.by_id.get(&id))
+                .and_then(|p| self.log.get(p));
+            match (stored, i) {
+                (None, 0) => return Ok(None),
+                (None, _) => {
+                    return Err(StoreError::DuplicateEvent {
+                        id: events[0].id().unwrap_or_default(),
+                        stream: stream.clone(),
+                        detail: "it is stored already, but the rest of the batch is new".into(),
+                    });
+                }
+                (Some(old), _) => {
+                    let detail = if old.stream() != Some(stream.as_str()) {
+                        Some(format!(
+                            "it is stored in stream {}",
+                            old.stream().unwrap_or_default()
+                        ))
+                    } else if old.event_type() != new.event_type()
+                        || old.data() != new.data()
+                        || !same_metadata(old, new)
+                    {
+                        Some("it is stored with another type, data or metadata".to_owned())
+                    } else if i > 0
+                        && found
+                            .last()
+                            .is_some_and(|p: &AppendedEvent| Some(p.version + 1) != old.version())
+                    {
+                        Some("it is stored, but not in the order of this batch".to_owned())
+                    } else {
+                        None
+                    };
+                    if let Some(detail) = detail {
+                        return Err(StoreError::DuplicateEvent {
+                            id: old.id(),
+                            stream: stream.clone(),
+                            detail,
+                        });
+                    }
+                    found.push(AppendedEvent {
+                        id: old.id(),
+                        version: old.version().unwrap_or_default(),
+                        position: old.position().unwrap_or_default(),
+                    });
+                }
+            }
+        }
+        Ok(Some(found))
+    }
+
+    /// The event at `position` as seen in `stream` at `version`.
+    fn as_in_stream(
+        &self,
+        stream: &StreamName,
+        version: u64,
+        position: u64,
+    ) -> Option<RecordedEvent> {
+        let event = self.log.get(&position)?;
+        if event.stream() == Some(stream.as_str()) {
+            return Some(event.clone());
+        }
+        let mut parts = event.clone().into_parts();
+        parts.origin = Some(Origin {
+            stream: parts.stream.take().unwrap_or_else(|| Arc::from("")),
+            version: parts.version.unwrap_or_default(),
+        });
+        parts.stream = Some(Arc::clone(stream.as_arc()));
+        parts.version = Some(version);
+        Some(RecordedEvent::from_parts(parts))
+    }
+
+    fn info(&self, name: &StreamName, stream: &Stream) -> StreamInfo {
+        StreamInfo {
+            stream: name.clone(),
+            version: (stream.entries.len() as u64).saturating_sub(1),
+            count: stream.entries.iter().filter(|e| e.is_some()).count() as u64,
+            first_recorded_at: stream.first_recorded_at,
+            last_recorded_at: stream.last_recorded_at,
+        }
+    }
+
+    fn push(&mut self, stream: &StreamName, position: u64, at: chrono::DateTime<Utc>) -> u64 {
+        let s = self
+            .streams
+            .entry(stream.clone())
+            .or_insert_with(|| Stream {
+                entries: Vec::new(),
+                first_recorded_at: at,
+                last_recorded_at: at,
+            });
+        s.entries.push(Some(position));
+        s.last_recorded_at = at;
+        s.entries.len() as u64 - 1
+    }
+}
+
+/// Whether a new event's metadata is what the store made of it: the store
+/// sets a missing correlation id to the event's own id.
+fn same_metadata(old: &RecordedEvent, new: &NewEvent) -> bool {
+    let mut expected = new.metadata().clone();
+    expected.correlation_id.get_or_insert(*old.id().as_uuid());
+    *old.metadata() == expected
+}
+
+#[async_trait]
+impl EventStore for MemoryStore {
+    async fn append(
+        &self,
+        stream: &StreamName,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> Result<Appended, StoreError> {
+        let types = events
+            .iter()
+            .map(|e| EventType::new(e.event_type()))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut state = self.write();
+        if let Some(repeat) = state.repeat_of(stream, &events)? {
+            return Ok(Appended {
+                stream: stream.clone(),
+                version: repeat.last().map(|e| e.version),
+                events: repeat,
+            });
+        }
+        let actual = state.check(stream, expected)?;
+        let mut ids = std::collections::HashSet::with_capacity(events.len());
+        for id in events.iter().filter_map(NewEvent::id) {
+            if let Some(old) = state.by_id.get(&id).and_then(|p| state.log.get(p)) {
+                return Err(StoreError::DuplicateEvent {
+                    id,
+                    stream: stream.clone(),
+                    detail: format!(
+                        "it is stored in stream {} by an append this batch does not repeat",
+                        old.stream().unwrap_or_default()
+                    ),
+                });
+            }
+            if !ids.insert(id) {
+                return Err(StoreError::DuplicateEvent {
+                    id,
+                    stream: stream.clone(),
+                    detail: "it appears twice in this batch".to_owned(),
+                });
+            }
+        }
+        let mut appended = Vec::with_capacity(events.len());
+        let stream_arc = Arc::clone(stream.as_arc());
+        for (new, event_type) in events.into_iter().zip(types) {
+            let (fresh_id, at) = id::now();
+            let id = new.id.unwrap_or(fresh_id);
+            let position = state.last_position + 1;
+            state.last_position = position;
+            let version = state.push(stream, position, at);
+            let mut metadata = new.metadata;
+            metadata.correlation_id.get_or_insert(*id.as_uuid());
+            state.log.insert(
+                position,
+                RecordedEvent::from_parts(RecordedParts {
+                    id,
+                    event_type,
+                    stream: Some(Arc::clone(&stream_arc)),
+                    version: Some(version),
+                    position: Some(position),
+                    recorded_at: at,
+                    data: new.data,
+                    metadata,
+                    origin: None,
+                }),
+            );
+            state.by_id.insert(id, position);
+            appended.push(AppendedEvent {
+                id,
+                version,
+                position,
+            });
+        }
+        let head = state.last_position;
+        drop(state);
+        self.head.send_replace(head);
+        Ok(Appended {
+            stream: stream.clone(),
+            version: appended.last().map(|e| e.version).or(actual),
+            events: appended,
+        })
+    }
+
+    async fn link(
+        &self,
+        stream: &StreamName,
+        expected: ExpectedVersion,
+        events: &[EventId],
+    ) -> Result<Appended, StoreError> {
+        let mut state = self.write();
+        let positions = events
+            .iter()
+            .map(|id| {
+                state
+                    .by_id
+                    .get(id)
+                    .copied()
+                    .ok_or(StoreError::EventNotFound(*id))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let actual = state.check(stream, expected)?;
+        let now = Utc::now();
+        let appended: Vec<AppendedEvent> = events
+            .iter()
+            .zip(positions)
+            .map(|(id, position)| AppendedEvent {
+                id: *id,
+                version: state.push(stream, position, now),
+                position,
+            })
+            .collect();
+        Ok(Appended {
+            stream: stream.clone(),
+            version: appended.last().map(|e| e.version).or(actual),
+            events: appended,
+        })
+    }
+
+    async fn read_stream(
+        &self,
+        stream: &StreamName,
+        query: ReadStream,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        let state = self.read();
+        let Some(s) = state.streams.get(stream) else {
+            return Ok(Vec::new());
+        };
+        let len = s.entries.len() as u64;
+        let versions: Box<dyn Iterator<Item = u64>> = match query.direction {
+            Direction::Forward => Box::new(query.from.unwrap_or(0)..len),
+            Direction::Backward => {
+                let start = query.from.map_or(len, |f| f.saturating_add(1).min(len));
+                Box::new((0..start).rev())
+            }
+        };
+        Ok(versions
+            .filter_map(|v| {
+                let position = s.entries[v as usize]?;
+                state.as_in_stream(stream, v, position)
+            })
+            .take(query.limit)
+            .collect())
+    }
+
+    fn read_all(&self, query: ReadAll) -> BoxStream<'_, Result<RecordedEvent, StoreError>> {
+        let batch = query.batch_size.unwrap_or(READ_BATCH);
+        let limit = query.limit.unwrap_or(usize::MAX);
+        let start = (query.after, 0usize, query);
+        stream::unfold(start, move |(after, sent, query)| async move {
+            if sent >= limit {
+                return None;
+            }
+            let events: Vec<RecordedEvent> = {
+                let state = self.read();
+                state
+                    .log
+                    .range(after + 1..)
+                    .take(batch)
+                    .map(|(_, e)| e.clone())
+                    .collect()
+            };
+            let last = events.last()?.position().unwrap_or(after);
+            let matching: Vec<_> = events
+                .into_iter()
+                .filter(|e| query.matches(e))
+                .take(limit - sent)
+                .map(Ok)
+                .collect();
+            let sent = sent + matching.len();
+            Some((stream::iter(matching), (last, sent, query)))
+        })
+        .flatten()
+        .boxed()
+    }
+
+    async fn event(&self, id: EventId) -> Result<Option<RecordedEvent>, StoreError> {
+        let state = self.read();
+        Ok(state.by_id.get(&id).and_then(|p| state.log.get(p)).cloned())
+    }
+
+    async fn stream_info(&self, stream: &StreamName) -> Result<Option<StreamInfo>, StoreError> {
+        let state = self.read();
+        Ok(state.streams.get(stream).map(|s| state.info(stream, s)))
+    }
+
+    async fn list_streams(&self, query: ListStreams) -> Result<Vec<StreamInfo>, StoreError> {
+        let state = self.read();
+        Ok(state
+            .streams
+            .iter()
+            .filter(|(name, _)| query.after.as_deref().is_none_or(|a| name.as_str() > a))
+            .filter(|(name, _)| {
+                query
+                    .prefix
+                    .as_deref()
+                    .is_none_or(|p| name.as_str().starts_with(p))
+            })
+            .take(query.limit)
+            .map(|(name, s)| state.info(name, s))
+            .collect())
+    }
+
+    async fn delete_stream(
+        &self,
+        stream: &StreamName,
+        expected: ExpectedVersion,
+    ) -> Result<bool, StoreError> {
+        let mut state = self.write();
+        state.check(stream, expected)?;
+        let Some(removed) = state.streams.remove(stream) else {
+            return Ok(false);
+        };
+        let own: Vec<u64> = removed
+            .entries
+            .iter()
+            .flatten()
+            .copied()
+            .filter(|p| {
+                state
+                    .log
+                    .get(p)
+                    .is_some_and(|e| e.stream() == Some(stream.as_str()))
+            })
+            .collect();
+        for position in &own {
+            if let Some(event) = state.log.remove(position) {
+                state.by_id.remove(&event.id());
+            }
+        }
+        if !own.is_empty() {
+            for s in state.streams.values_mut() {
+                for entry in &mut s.entries {
+                    if entry.is_some_and(|p| own.binary_search(&p).is_ok()) {
+                        *entry = None;
+                    }
+                }
+            }
+        }
+        Ok(true)
+    }
+
+    async fn head(&self) -> Result<u64, StoreError> {
+        Ok(self.read().last_position)
+    }
+
+    fn watch_head(&self) -> Option<watch::Receiver<u64>> {
+        Some(self.head.subscribe())
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::default()
+    }
+}
