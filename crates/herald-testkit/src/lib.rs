@@ -16,4 +16,5 @@
 //! scenarios run in parallel. A scenario that needs a service that is not
 //! reachable fails; it never skips.
 
+pub mod durable;
 pub mod store;

@@ -7,3 +7,9 @@ async fn new_store() -> MemoryStore {
 }
 
 herald_testkit::store_conformance!(new_store);
+
+async fn new_shared_store() -> std::sync::Arc<MemoryStore> {
+    std::sync::Arc::new(MemoryStore::new())
+}
+
+herald_testkit::durable_conformance!(new_shared_store);

@@ -18,6 +18,7 @@ use uuid::Uuid;
 use crate::dead_letter::{
     DeadLetter, DeadLetterQuery, DeadLetterStore, MemoryDeadLetterStore, NewDeadLetter,
 };
+use crate::durable::{Deliver, DurableRunner, DurableSettings, Settled, StartFrom};
 use crate::error::{
     AttemptError, DeadLetterError, PublishError, SubscribeError, UnknownSubscriber,
 };
@@ -29,6 +30,7 @@ use crate::middleware::{
     CatchPanic, DeadLetterLayer, Either, IdempotencyLayer, Layer, Ledger, RetryLayer, RetryPolicy,
     TimeoutLayer, Tracing, optional,
 };
+use crate::store::{CheckpointStore, EventStore, ExpectedVersion, StoreError, StreamName};
 use crate::topic::{EventType, TopicPattern};
 use crate::{Disposition, HandlerError};
 
@@ -67,6 +69,10 @@ pub enum DeliveryMode {
     /// (a subscriber holds at most its queue capacity, plus as many again
     /// taken by its worker, plus `concurrency` events in its handlers).
     Async,
+    /// Fed from the bus's event store after a persisted checkpoint: at least
+    /// once, in stream order, resuming after a restart where it left off.
+    /// Needs a bus built with [`BusBuilder::store`].
+    Durable,
 }
 
 /// Whether a subscriber receives events.
@@ -120,6 +126,9 @@ pub struct Subscriber {
     ledger: Option<Arc<dyn Ledger>>,
     layers: Vec<BoxLayer>,
     propagate_errors: bool,
+    start_from: StartFrom,
+    batch_size: usize,
+    poll_interval: Duration,
     build: Box<dyn FnOnce(StackParts) -> BoxHandler + Send>,
 }
 
@@ -175,6 +184,9 @@ impl Subscriber {
             ledger: None,
             layers: Vec::new(),
             propagate_errors: false,
+            start_from: StartFrom::Beginning,
+            batch_size: 500,
+            poll_interval: Duration::from_secs(1),
             build: Box::new(move |parts| build_stack(handler, parts)),
         }
     }
@@ -249,6 +261,27 @@ impl Subscriber {
         self
     }
 
+    /// Where a durable subscriber without a checkpoint starts (the beginning
+    /// of the store by default).
+    pub fn start_from(mut self, start: StartFrom) -> Self {
+        self.start_from = start;
+        self
+    }
+
+    /// How many events a durable subscriber reads per batch, and handles
+    /// between checkpoint saves (500 by default).
+    pub fn batch_size(mut self, n: usize) -> Self {
+        self.batch_size = n;
+        self
+    }
+
+    /// How often a durable subscriber looks for new events when the store
+    /// cannot wake it (1 s by default).
+    pub fn poll_interval(mut self, every: Duration) -> Self {
+        self.poll_interval = every;
+        self
+    }
+
     /// Makes a failure of this inline subscriber fail `publish`, after its
     /// retries, instead of going to the dead letters: for a handler that
     /// must succeed for the publisher's work to count (the publisher's
@@ -299,6 +332,9 @@ pub struct SubscriberInfo {
     pub failed: u64,
     /// Failed deliveries that were dead-lettered.
     pub dead_lettered: u64,
+    /// For a durable subscriber, the position up to which it handled the
+    /// store's events.
+    pub checkpoint: Option<u64>,
 }
 
 /// What a subscriber's deliveries share; async workers hold it.
@@ -328,6 +364,7 @@ struct Entry {
     topics: Vec<TopicPattern>,
     mode: DeliveryMode,
     queue: Option<Queue>,
+    durable: Option<DurableRunner>,
 }
 
 impl Entry {
@@ -359,11 +396,16 @@ impl Entry {
             skipped: c.skipped.load(Ordering::Relaxed),
             failed: c.failed.load(Ordering::Relaxed),
             dead_lettered: c.dead_lettered.load(Ordering::Relaxed),
+            checkpoint: self.durable.as_ref().map(DurableRunner::checkpoint),
         }
     }
 
-    /// Stops the queue and waits until its worker handled what was queued.
+    /// Stops the queue and waits until its worker handled what was queued;
+    /// stops a durable subscriber after its current batch.
     async fn drain(&self) {
+        if let Some(durable) = &self.durable {
+            durable.stop().await;
+        }
         let Some(queue) = &self.queue else { return };
         queue.sender.store(None);
         let worker = queue
@@ -507,6 +549,37 @@ impl Core {
     }
 }
 
+impl Deliver for Core {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn is_enabled(&self) -> bool {
+        Core::is_enabled(self)
+    }
+
+    async fn deliver_durable(&self, event: &RecordedEvent) -> Settled {
+        let ctx = Context::for_delivery(&self.ctx, event);
+        match self.run(event, &ctx).await {
+            Ok(()) => {
+                self.handled.fetch_add(1, Ordering::Relaxed);
+                Settled::Done
+            }
+            Err(err) => {
+                let parked =
+                    err.dead_letter_id().is_some() || err.disposition() == Disposition::Skip;
+                // Durable subscribers never propagate: there is no caller.
+                let _ = self.failed_with(event, err);
+                if parked {
+                    Settled::Done
+                } else {
+                    Settled::Pending
+                }
+            }
+        }
+    }
+}
+
 async fn run_worker(
     core: Arc<Core>,
     mut rx: mpsc::Receiver<RecordedEvent>,
@@ -562,7 +635,15 @@ struct Registry {
     generation: u64,
 }
 
+/// The store a bus appends to and feeds durable subscribers from.
+#[derive(Clone)]
+struct BusStore {
+    events: Arc<dyn EventStore>,
+    checkpoints: Arc<dyn CheckpointStore>,
+}
+
 pub(crate) struct BusInner {
+    store: Option<BusStore>,
     registry: RwLock<Registry>,
     routes: ArcSwap<RouteCache>,
     closed: AtomicBool,
@@ -633,12 +714,28 @@ pub struct Bus {
 ///     .build();
 /// ```
 pub struct BusBuilder {
+    store: Option<BusStore>,
     dead_letters: Option<Arc<dyn DeadLetterStore>>,
     layers: Vec<BoxLayer>,
     queue_capacity: usize,
 }
 
 impl BusBuilder {
+    /// Builds the bus on an event store: every published event is appended
+    /// to it before any subscriber sees it, and durable subscribers are fed
+    /// from it.
+    ///
+    /// An event published without a stream goes to the stream named after
+    /// its type (`order.created`), so that every published event is in the
+    /// history; [`NewEvent::in_stream`] chooses another.
+    pub fn store<S: EventStore + CheckpointStore>(mut self, store: Arc<S>) -> Self {
+        self.store = Some(BusStore {
+            events: Arc::clone(&store) as Arc<dyn EventStore>,
+            checkpoints: store,
+        });
+        self
+    }
+
     /// Where given-up events go (a [`MemoryDeadLetterStore`] by default).
     pub fn dead_letter_store(mut self, store: Arc<dyn DeadLetterStore>) -> Self {
         self.dead_letters = Some(store);
@@ -673,6 +770,7 @@ impl BusBuilder {
     pub fn build(self) -> Bus {
         Bus {
             inner: Arc::new_cyclic(|this| BusInner {
+                store: self.store,
                 registry: RwLock::new(Registry::default()),
                 routes: ArcSwap::from_pointee(RouteCache::default()),
                 closed: AtomicBool::new(false),
@@ -717,6 +815,7 @@ impl Bus {
     /// queue capacity.
     pub fn builder() -> BusBuilder {
         BusBuilder {
+            store: None,
             dead_letters: Some(Arc::new(MemoryDeadLetterStore::new())),
             layers: Vec::new(),
             queue_capacity: DEFAULT_QUEUE_CAPACITY,
@@ -741,7 +840,7 @@ impl Bus {
         data: impl Into<Payload>,
     ) -> Result<RecordedEvent, PublishError> {
         self.inner
-            .publish_parts(event_type, data.into(), Metadata::default(), None)
+            .publish_parts(event_type, None, data.into(), Metadata::default(), None)
             .await
     }
 
@@ -754,7 +853,7 @@ impl Bus {
     pub async fn publish_event<E: Event>(&self, event: &E) -> Result<RecordedEvent, PublishError> {
         let data = Payload::from_serialize(event)?;
         self.inner
-            .publish_parts(E::NAME, data, Metadata::default(), None)
+            .publish_parts(E::NAME, None, data, Metadata::default(), None)
             .await
     }
 
@@ -839,6 +938,11 @@ impl Bus {
             .iter()
             .find(|e| &*e.core.name == name)
             .map(|e| e.info())
+    }
+
+    /// The event store this bus appends to, if it was built on one.
+    pub fn event_store(&self) -> Option<&Arc<dyn EventStore>> {
+        self.inner.store.as_ref().map(|s| &s.events)
     }
 
     /// The dead-letter store, if the bus keeps dead letters.
@@ -1035,8 +1139,17 @@ impl BusInner {
         if sub.timeout == Some(Duration::ZERO) {
             return Err(crate::ConfigError::Zero("timeout").into());
         }
+        if sub.mode == DeliveryMode::Durable && self.store.is_none() {
+            return Err(SubscribeError::NoStore(sub.name));
+        }
+        if sub.batch_size == 0 {
+            return Err(crate::ConfigError::Zero("batch size").into());
+        }
+        if sub.poll_interval.is_zero() {
+            return Err(crate::ConfigError::Zero("poll interval").into());
+        }
         let runtime = match sub.mode {
-            DeliveryMode::Async => Some(
+            DeliveryMode::Async | DeliveryMode::Durable => Some(
                 tokio::runtime::Handle::try_current()
                     .map_err(|_| SubscribeError::NoRuntime(sub.name.clone()))?,
             ),
@@ -1078,22 +1191,41 @@ impl BusInner {
         if reg.entries.iter().any(|e| *e.core.name == *sub.name) {
             return Err(SubscribeError::DuplicateName(sub.name));
         }
-        let queue = runtime.map(|rt| {
-            let capacity = sub.queue_capacity.unwrap_or(self.queue_capacity);
-            let (tx, rx) = mpsc::channel(capacity);
-            let worker = rt.spawn(run_worker(Arc::clone(&core), rx, capacity, sub.concurrency));
-            Queue {
-                sender: ArcSwapOption::from_pointee(tx),
-                worker: Mutex::new(Some(worker)),
-                capacity,
-                concurrency: sub.concurrency,
-            }
-        });
+        let durable = match (sub.mode, &runtime, &self.store) {
+            (DeliveryMode::Durable, Some(rt), Some(store)) => Some(DurableRunner::spawn(
+                rt,
+                Arc::clone(&core),
+                Arc::clone(&store.events),
+                Arc::clone(&store.checkpoints),
+                DurableSettings {
+                    topics: topics.clone(),
+                    batch_size: sub.batch_size,
+                    concurrency: sub.concurrency,
+                    poll_interval: sub.poll_interval,
+                    start_from: sub.start_from,
+                },
+            )),
+            _ => None,
+        };
+        let queue = runtime
+            .filter(|_| sub.mode == DeliveryMode::Async)
+            .map(|rt| {
+                let capacity = sub.queue_capacity.unwrap_or(self.queue_capacity);
+                let (tx, rx) = mpsc::channel(capacity);
+                let worker = rt.spawn(run_worker(Arc::clone(&core), rx, capacity, sub.concurrency));
+                Queue {
+                    sender: ArcSwapOption::from_pointee(tx),
+                    worker: Mutex::new(Some(worker)),
+                    capacity,
+                    concurrency: sub.concurrency,
+                }
+            });
         reg.entries.push(Arc::new(Entry {
             core,
             topics,
             mode: sub.mode,
             queue,
+            durable,
         }));
         self.invalidate_routes(&mut reg);
         Ok(())
@@ -1140,13 +1272,20 @@ impl BusInner {
         this: &Arc<BusInner>,
         event: NewEvent,
     ) -> Result<RecordedEvent, PublishError> {
-        this.publish_parts(&event.event_type, event.data, event.metadata, event.id)
-            .await
+        this.publish_parts(
+            &event.event_type,
+            event.stream.as_deref(),
+            event.data,
+            event.metadata,
+            event.id,
+        )
+        .await
     }
 
     async fn publish_parts(
         &self,
         event_type: &str,
+        stream: Option<&str>,
         data: Payload,
         mut metadata: Metadata,
         id: Option<EventId>,
@@ -1162,17 +1301,27 @@ impl BusInner {
         if metadata.correlation_id.is_none() {
             metadata.correlation_id = Some(*id.as_uuid());
         }
-        let event = RecordedEvent::from_parts(RecordedParts {
-            id,
-            event_type: route.event_type.clone(),
-            stream: None,
-            version: None,
-            position: None,
-            recorded_at,
-            data,
-            metadata,
-            origin: None,
-        });
+        let event = match &self.store {
+            None => RecordedEvent::from_parts(RecordedParts {
+                id,
+                event_type: route.event_type.clone(),
+                stream: None,
+                version: None,
+                position: None,
+                recorded_at,
+                data,
+                metadata,
+                origin: None,
+            }),
+            Some(store) => {
+                let stream =
+                    StreamName::new(stream.unwrap_or(event_type)).map_err(StoreError::from)?;
+                let new = NewEvent::new(route.event_type.as_str().to_owned(), data)
+                    .with_id(id)
+                    .with_metadata(metadata);
+                store.append(&stream, new).await?
+            }
+        };
         for core in route.inline.iter() {
             if !core.is_enabled() {
                 continue;
@@ -1199,6 +1348,32 @@ impl BusInner {
             }
         }
         Ok(event)
+    }
+}
+
+impl BusStore {
+    /// Appends one published event and returns it as stored.
+    async fn append(
+        &self,
+        stream: &StreamName,
+        event: NewEvent,
+    ) -> Result<RecordedEvent, PublishError> {
+        let appended = self
+            .events
+            .append(stream, ExpectedVersion::Any, vec![event])
+            .await?;
+        let id = appended
+            .events
+            .first()
+            .map(|e| e.id)
+            .ok_or_else(|| StoreError::backend("the store appended no event"))?;
+        // Read back, so that every subscriber sees the event exactly as
+        // stored (the store's recorded-at time, position and version).
+        let stored =
+            self.events.event(id).await?.ok_or_else(|| {
+                StoreError::backend(format!("event {id} vanished after its append"))
+            })?;
+        Ok(stored)
     }
 }
 

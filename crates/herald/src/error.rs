@@ -327,6 +327,10 @@ pub enum PublishError {
     /// The bus was shut down.
     #[error("the bus is shut down and accepts no more events")]
     ShutDown,
+    /// The bus's event store refused or failed the append; no subscriber
+    /// received the event.
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
     /// An inline subscriber configured to propagate its errors failed.
     #[error("subscriber {subscriber} failed on event {event_type} {event_id}: {source}")]
     Handler {
@@ -358,9 +362,13 @@ pub enum SubscribeError {
     /// A subscriber with this name exists already.
     #[error("a subscriber named {0} exists already")]
     DuplicateName(String),
-    /// An async subscriber needs a tokio runtime to run its workers in.
-    #[error("async subscriber {0} must be subscribed from within a tokio runtime")]
+    /// An async or durable subscriber needs a tokio runtime to run its
+    /// workers in.
+    #[error("subscriber {0} must be subscribed from within a tokio runtime")]
     NoRuntime(String),
+    /// A durable subscriber needs a bus built on an event store.
+    #[error("durable subscriber {0} needs a bus built on an event store (BusBuilder::store)")]
+    NoStore(String),
     /// The bus was shut down.
     #[error("the bus is shut down and accepts no more subscribers")]
     ShutDown,

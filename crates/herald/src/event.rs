@@ -260,6 +260,7 @@ pub struct Metadata {
 #[derive(Clone, Debug)]
 pub struct NewEvent {
     pub(crate) id: Option<EventId>,
+    pub(crate) stream: Option<String>,
     pub(crate) event_type: Cow<'static, str>,
     pub(crate) data: Payload,
     pub(crate) metadata: Metadata,
@@ -270,6 +271,7 @@ impl NewEvent {
     pub fn new(event_type: impl Into<Cow<'static, str>>, data: impl Into<Payload>) -> Self {
         Self {
             id: None,
+            stream: None,
             event_type: event_type.into(),
             data: data.into(),
             metadata: Metadata::default(),
@@ -290,6 +292,18 @@ impl NewEvent {
     pub fn with_id(mut self, id: EventId) -> Self {
         self.id = Some(id);
         self
+    }
+
+    /// Publishes into this stream, on a bus built on a store (the bus
+    /// otherwise uses the stream named after the event type).
+    pub fn in_stream(mut self, stream: impl Into<String>) -> Self {
+        self.stream = Some(stream.into());
+        self
+    }
+
+    /// The stream given with [`in_stream`](Self::in_stream), if any.
+    pub fn stream(&self) -> Option<&str> {
+        self.stream.as_deref()
     }
 
     /// Replaces the metadata.

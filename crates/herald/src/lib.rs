@@ -200,6 +200,7 @@ extern crate self as herald;
 
 mod bus;
 mod dead_letter;
+mod durable;
 mod error;
 mod event;
 mod handler;
@@ -215,6 +216,7 @@ pub use crate::bus::{
 pub use crate::dead_letter::{
     DeadLetter, DeadLetterQuery, DeadLetterStore, MemoryDeadLetterStore, NewDeadLetter,
 };
+pub use crate::durable::StartFrom;
 pub use crate::error::{
     AttemptError, BoxError, ConfigError, DeadLetterError, Disposition, ErrorKind, HandlerError,
     HandlerResult, LedgerError, PublishError, SubscribeError, UnknownSubscriber,

@@ -9,8 +9,8 @@ use futures_util::stream::{self, BoxStream, StreamExt};
 use tokio::sync::watch;
 
 use super::{
-    Appended, AppendedEvent, Capabilities, Direction, EventStore, ExpectedVersion, ListStreams,
-    ReadAll, ReadStream, StoreError, StreamInfo, StreamName,
+    Appended, AppendedEvent, Capabilities, CheckpointStore, Direction, EventStore, ExpectedVersion,
+    ListStreams, ReadAll, ReadStream, StoreError, StreamInfo, StreamName,
 };
 use crate::event::{NewEvent, Origin, RecordedEvent, RecordedParts};
 use crate::id::{self, EventId};
@@ -58,6 +58,7 @@ const READ_BATCH: usize = 512;
 pub struct MemoryStore {
     state: Arc<RwLock<State>>,
     head: Arc<watch::Sender<u64>>,
+    checkpoints: Arc<std::sync::Mutex<HashMap<String, u64>>>,
 }
 
 #[derive(Default)]
@@ -89,7 +90,12 @@ impl MemoryStore {
         Self {
             state: Arc::new(RwLock::new(State::default())),
             head: Arc::new(watch::channel(0).0),
+            checkpoints: Arc::default(),
         }
+    }
+
+    fn checkpoints(&self) -> std::sync::MutexGuard<'_, HashMap<String, u64>> {
+        self.checkpoints.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, State> {
@@ -494,5 +500,22 @@ impl EventStore for MemoryStore {
 
     fn capabilities(&self) -> Capabilities {
         Capabilities::default()
+    }
+}
+
+#[async_trait]
+impl CheckpointStore for MemoryStore {
+    async fn load(&self, subscriber: &str) -> Result<Option<u64>, StoreError> {
+        Ok(self.checkpoints().get(subscriber).copied())
+    }
+
+    async fn save(&self, subscriber: &str, position: u64) -> Result<(), StoreError> {
+        self.checkpoints().insert(subscriber.to_owned(), position);
+        Ok(())
+    }
+
+    async fn reset(&self, subscriber: &str) -> Result<(), StoreError> {
+        self.checkpoints().remove(subscriber);
+        Ok(())
     }
 }

@@ -47,8 +47,10 @@ use crate::event::{NewEvent, RecordedEvent};
 use crate::id::EventId;
 use crate::topic::{EventTypeError, TopicPattern};
 
+mod checkpoint;
 mod memory;
 
+pub use self::checkpoint::CheckpointStore;
 pub use self::memory::MemoryStore;
 
 /// The longest stream name, in bytes.

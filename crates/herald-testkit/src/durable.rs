@@ -1,0 +1,484 @@
+//! The durable-subscriber conformance suite: a [`Bus`] built on a store
+//! feeds its durable subscribers from that store.
+//!
+//! Run it with [`durable_conformance!`](crate::durable_conformance) for a
+//! store that implements both [`EventStore`] and [`CheckpointStore`].
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use herald::store::{CheckpointStore, EventStore, ReadStream, StreamName};
+use herald::{
+    Bus, DeliveryMode, EventId, HandlerError, NewEvent, RecordedEvent, StartFrom, Subscriber,
+    handler_fn,
+};
+use serde_json::json;
+use tokio::sync::Notify;
+
+/// Turns the scenarios into one test each, for stores made by `$factory`
+/// (an `async fn() -> Arc<S>` with `S: EventStore + CheckpointStore`,
+/// returning an empty store of the test's own).
+#[macro_export]
+macro_rules! durable_conformance {
+    ($factory:path) => {
+        $crate::__durable_scenarios!(
+            $factory;
+            every_published_event_is_stored_in_a_stream,
+            a_durable_subscriber_receives_history_and_new_events,
+            a_durable_subscriber_starting_now_skips_history,
+            a_durable_subscriber_resumes_after_a_restart_where_it_left_off,
+            concurrent_durable_delivery_keeps_order_within_each_stream,
+            a_failing_event_that_is_not_parked_is_delivered_again,
+            a_dead_lettered_event_lets_the_checkpoint_move_on,
+            durable_delivery_misses_nothing_from_concurrent_publishers,
+        );
+    };
+}
+
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __durable_scenarios {
+    ($factory:path; $($name:ident),* $(,)?) => {
+        $(
+            #[::tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                $crate::durable::$name($factory().await).await;
+            }
+        )*
+    };
+}
+
+/// How long a scenario waits for deliveries before it fails.
+const PATIENCE: Duration = Duration::from_secs(30);
+
+/// Records what a durable subscriber handled and wakes waiters.
+#[derive(Clone, Default)]
+struct Log {
+    events: Arc<Mutex<Vec<RecordedEvent>>>,
+    changed: Arc<Notify>,
+}
+
+impl Log {
+    fn push(&self, event: RecordedEvent) {
+        self.events.lock().expect("log lock").push(event);
+        self.changed.notify_waiters();
+    }
+
+    fn events(&self) -> Vec<RecordedEvent> {
+        self.events.lock().expect("log lock").clone()
+    }
+
+    fn ids(&self) -> HashSet<EventId> {
+        self.events().iter().map(RecordedEvent::id).collect()
+    }
+
+    /// Waits until `done` holds for the events seen.
+    async fn until(&self, what: &str, done: impl Fn(&[RecordedEvent]) -> bool) {
+        let wait = async {
+            loop {
+                let notified = self.changed.notified();
+                if done(&self.events()) {
+                    return;
+                }
+                notified.await;
+            }
+        };
+        if tokio::time::timeout(PATIENCE, wait).await.is_err() {
+            panic!(
+                "timed out waiting until {what}; saw {} events",
+                self.events().len()
+            );
+        }
+    }
+}
+
+fn recording(log: &Log) -> impl herald::Handler {
+    let log = log.clone();
+    handler_fn(move |event, _ctx| {
+        let log = log.clone();
+        async move {
+            log.push(event);
+            Ok(())
+        }
+    })
+}
+
+fn bus_on<S: EventStore + CheckpointStore>(store: &Arc<S>) -> Bus {
+    Bus::builder().store(Arc::clone(store)).build()
+}
+
+fn n_of(e: &RecordedEvent) -> u64 {
+    e.data().to_value()["n"].as_u64().expect("payload with n")
+}
+
+/// Publishing on a bus built on a store appends first: the event is in the
+/// store, in the stream named after its type unless another is given, and
+/// subscribers see it as stored.
+pub async fn every_published_event_is_stored_in_a_stream<S: EventStore + CheckpointStore>(
+    store: Arc<S>,
+) {
+    let bus = bus_on(&store);
+    let inline = Log::default();
+    bus.subscribe(Subscriber::new("inline", recording(&inline)).topic("#"))
+        .expect("subscribe");
+    let a = bus
+        .publish("order.created", json!({"n": 1}))
+        .await
+        .expect("publish");
+    let b = bus
+        .publish_new(NewEvent::new("order.created", json!({"n": 2})).in_stream("order-42"))
+        .await
+        .expect("publish");
+    assert_eq!(a.stream(), Some("order.created"));
+    assert_eq!(b.stream(), Some("order-42"));
+    assert!(a.position().is_some() && b.position() > a.position());
+    let by_type = store
+        .read_stream(
+            &StreamName::new("order.created").unwrap(),
+            ReadStream::forward(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(by_type, vec![a.clone()]);
+    assert_eq!(store.event(b.id()).await.unwrap(), Some(b.clone()));
+    assert_eq!(inline.events(), vec![a, b]);
+    // An invalid stream name fails the publish and stores nothing.
+    let err = bus
+        .publish_new(NewEvent::new("order.created", json!({"n": 3})).in_stream("bad stream"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, herald::PublishError::Store(_)), "{err:?}");
+    assert_eq!(inline.events().len(), 2);
+    bus.shutdown().await;
+}
+
+/// A durable subscriber sees what was stored before it subscribed, then new
+/// events, and its checkpoint follows.
+pub async fn a_durable_subscriber_receives_history_and_new_events<
+    S: EventStore + CheckpointStore,
+>(
+    store: Arc<S>,
+) {
+    let bus = bus_on(&store);
+    for n in 0..5 {
+        bus.publish("order.created", json!({ "n": n }))
+            .await
+            .expect("publish");
+    }
+    bus.publish("invoice.sent", json!({"n": 99}))
+        .await
+        .expect("publish");
+    let log = Log::default();
+    bus.subscribe(
+        Subscriber::new("orders", recording(&log))
+            .topic("order.*")
+            .mode(DeliveryMode::Durable)
+            .poll_interval(Duration::from_millis(50)),
+    )
+    .expect("subscribe");
+    log.until("the history arrived", |e| e.len() == 5).await;
+    for n in 5..8 {
+        bus.publish("order.created", json!({ "n": n }))
+            .await
+            .expect("publish");
+    }
+    log.until("new events arrived", |e| e.len() == 8).await;
+    assert_eq!(
+        log.events().iter().map(n_of).collect::<Vec<_>>(),
+        (0..8).collect::<Vec<_>>()
+    );
+    bus.shutdown().await;
+    let head = store.head().await.unwrap();
+    assert_eq!(store.load("orders").await.unwrap(), Some(head));
+    assert_eq!(bus.subscriber("orders").unwrap().checkpoint, Some(head));
+}
+
+/// `StartFrom::Now` begins after the events stored before subscribing.
+pub async fn a_durable_subscriber_starting_now_skips_history<S: EventStore + CheckpointStore>(
+    store: Arc<S>,
+) {
+    let bus = bus_on(&store);
+    bus.publish("order.created", json!({"n": 1}))
+        .await
+        .expect("publish");
+    let log = Log::default();
+    bus.subscribe(
+        Subscriber::new("late", recording(&log))
+            .topic("#")
+            .mode(DeliveryMode::Durable)
+            .start_from(StartFrom::Now)
+            .poll_interval(Duration::from_millis(50)),
+    )
+    .expect("subscribe");
+    // The subscriber saves its starting point first; wait for it before
+    // publishing, so the next event is certainly after it.
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while store.load("late").await.unwrap().is_none() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no starting checkpoint saved"
+        );
+        tokio::task::yield_now().await;
+    }
+    bus.publish("order.created", json!({"n": 2}))
+        .await
+        .expect("publish");
+    log.until("the new event arrived", |e| !e.is_empty()).await;
+    bus.shutdown().await;
+    assert_eq!(log.events().iter().map(n_of).collect::<Vec<_>>(), [2]);
+}
+
+/// A new bus on the same store, with the same subscriber name, continues
+/// after the checkpoint: nothing handled twice, nothing skipped.
+pub async fn a_durable_subscriber_resumes_after_a_restart_where_it_left_off<
+    S: EventStore + CheckpointStore,
+>(
+    store: Arc<S>,
+) {
+    let first = Log::default();
+    {
+        let bus = bus_on(&store);
+        bus.subscribe(
+            Subscriber::new("mailer", recording(&first))
+                .topic("#")
+                .mode(DeliveryMode::Durable)
+                .poll_interval(Duration::from_millis(50)),
+        )
+        .expect("subscribe");
+        for n in 0..10 {
+            bus.publish("user.registered", json!({ "n": n }))
+                .await
+                .expect("publish");
+        }
+        first
+            .until("the first run handled 10", |e| e.len() == 10)
+            .await;
+        bus.shutdown().await;
+    }
+    // Published while the subscriber is not running.
+    let writer = bus_on(&store);
+    for n in 10..15 {
+        writer
+            .publish("user.registered", json!({ "n": n }))
+            .await
+            .expect("publish");
+    }
+    writer.shutdown().await;
+
+    let second = Log::default();
+    let bus = bus_on(&store);
+    bus.subscribe(
+        Subscriber::new("mailer", recording(&second))
+            .topic("#")
+            .mode(DeliveryMode::Durable)
+            .poll_interval(Duration::from_millis(50)),
+    )
+    .expect("subscribe");
+    second
+        .until("the second run caught up", |e| e.len() >= 5)
+        .await;
+    bus.shutdown().await;
+    assert_eq!(
+        second.events().iter().map(n_of).collect::<Vec<_>>(),
+        (10..15).collect::<Vec<_>>()
+    );
+}
+
+/// With concurrency above one, each stream's events still arrive in stream
+/// order.
+pub async fn concurrent_durable_delivery_keeps_order_within_each_stream<
+    S: EventStore + CheckpointStore,
+>(
+    store: Arc<S>,
+) {
+    let bus = bus_on(&store);
+    for round in 0..20u64 {
+        for s in 0..6u64 {
+            bus.publish_new(
+                NewEvent::new("cart.changed", json!({ "n": round })).in_stream(format!("cart-{s}")),
+            )
+            .await
+            .expect("publish");
+        }
+    }
+    let log = Log::default();
+    let inner = log.clone();
+    bus.subscribe(
+        Subscriber::new(
+            "carts",
+            handler_fn(move |event, _| {
+                let log = inner.clone();
+                async move {
+                    // Yield so that lanes interleave.
+                    tokio::task::yield_now().await;
+                    log.push(event);
+                    Ok(())
+                }
+            }),
+        )
+        .topic("cart.*")
+        .mode(DeliveryMode::Durable)
+        .concurrency(4)
+        .batch_size(37),
+    )
+    .expect("subscribe");
+    log.until("all 120 arrived", |e| e.len() == 120).await;
+    bus.shutdown().await;
+    let mut per_stream: HashMap<String, Vec<u64>> = HashMap::new();
+    for e in log.events() {
+        per_stream
+            .entry(e.stream().expect("stored").to_owned())
+            .or_default()
+            .push(e.version().expect("stored"));
+    }
+    assert_eq!(per_stream.len(), 6);
+    for (stream, versions) in per_stream {
+        assert_eq!(versions, (0..20).collect::<Vec<_>>(), "stream {stream}");
+    }
+}
+
+/// When a failure is neither retried to success nor dead-lettered (the bus
+/// keeps no dead letters), the checkpoint stays and the event comes again.
+pub async fn a_failing_event_that_is_not_parked_is_delivered_again<
+    S: EventStore + CheckpointStore,
+>(
+    store: Arc<S>,
+) {
+    let bus = Bus::builder()
+        .store(Arc::clone(&store))
+        .without_dead_letters()
+        .build();
+    let attempts = Arc::new(AtomicU32::new(0));
+    let log = Log::default();
+    let (a, inner) = (Arc::clone(&attempts), log.clone());
+    bus.subscribe(
+        Subscriber::new(
+            "flaky",
+            handler_fn(move |event, _| {
+                let (a, log) = (Arc::clone(&a), inner.clone());
+                async move {
+                    if n_of(&event) == 1 && a.fetch_add(1, Ordering::SeqCst) < 2 {
+                        return Err(HandlerError::retry("downstream unavailable"));
+                    }
+                    log.push(event);
+                    Ok(())
+                }
+            }),
+        )
+        .topic("#")
+        .mode(DeliveryMode::Durable)
+        .poll_interval(Duration::from_millis(50)),
+    )
+    .expect("subscribe");
+    for n in 0..3 {
+        bus.publish("job.queued", json!({ "n": n }))
+            .await
+            .expect("publish");
+    }
+    log.until("every event handled", |e| {
+        e.iter().any(|e| n_of(e) == 2) && e.iter().any(|e| n_of(e) == 1)
+    })
+    .await;
+    bus.shutdown().await;
+    assert_eq!(attempts.load(Ordering::SeqCst), 3);
+    let ns: Vec<u64> = log.events().iter().map(n_of).collect();
+    assert!(
+        ns.contains(&0) && ns.contains(&1) && ns.contains(&2),
+        "{ns:?}"
+    );
+}
+
+/// A dead-lettered event counts as settled: later events are delivered and
+/// the checkpoint passes it.
+pub async fn a_dead_lettered_event_lets_the_checkpoint_move_on<S: EventStore + CheckpointStore>(
+    store: Arc<S>,
+) {
+    let bus = bus_on(&store);
+    let log = Log::default();
+    let inner = log.clone();
+    bus.subscribe(
+        Subscriber::new(
+            "strict",
+            handler_fn(move |event, _| {
+                let log = inner.clone();
+                async move {
+                    if n_of(&event) == 1 {
+                        return Err(HandlerError::dead_letter("malformed order"));
+                    }
+                    log.push(event);
+                    Ok(())
+                }
+            }),
+        )
+        .topic("#")
+        .mode(DeliveryMode::Durable)
+        .poll_interval(Duration::from_millis(50)),
+    )
+    .expect("subscribe");
+    for n in 0..3 {
+        bus.publish("order.created", json!({ "n": n }))
+            .await
+            .expect("publish");
+    }
+    log.until("the later event arrived", |e| {
+        e.iter().any(|e| n_of(e) == 2)
+    })
+    .await;
+    bus.shutdown().await;
+    let letters = bus.dead_letters(&Default::default()).await.unwrap();
+    assert_eq!(letters.len(), 1);
+    assert_eq!(n_of(&letters[0].event), 1);
+    assert_eq!(
+        store.load("strict").await.unwrap(),
+        Some(store.head().await.unwrap())
+    );
+}
+
+/// Eight publishers at once, a durable subscriber with concurrency 3: it
+/// sees every event exactly once.
+pub async fn durable_delivery_misses_nothing_from_concurrent_publishers<
+    S: EventStore + CheckpointStore,
+>(
+    store: Arc<S>,
+) {
+    let bus = bus_on(&store);
+    let log = Log::default();
+    bus.subscribe(
+        Subscriber::new("audit", recording(&log))
+            .topic("#")
+            .mode(DeliveryMode::Durable)
+            .concurrency(3)
+            .batch_size(50)
+            .poll_interval(Duration::from_millis(20)),
+    )
+    .expect("subscribe");
+    let publishers: Vec<_> = (0..8u64)
+        .map(|p| {
+            let bus = bus.clone();
+            tokio::spawn(async move {
+                let mut ids = Vec::new();
+                for i in 0..50u64 {
+                    let e = bus
+                        .publish_new(
+                            NewEvent::new("audit.entry", json!({ "n": p * 1000 + i }))
+                                .in_stream(format!("audit-{p}")),
+                        )
+                        .await
+                        .expect("publish");
+                    ids.push(e.id());
+                }
+                ids
+            })
+        })
+        .collect();
+    let mut published = HashSet::new();
+    for p in publishers {
+        published.extend(p.await.expect("publisher task"));
+    }
+    log.until("all 400 arrived", |e| e.len() >= 400).await;
+    bus.shutdown().await;
+    assert_eq!(log.events().len(), 400, "an event was delivered twice");
+    assert_eq!(log.ids(), published);
+}

@@ -1,0 +1,315 @@
+//! Durable delivery: a subscriber fed from an event store, with a persisted
+//! checkpoint.
+//!
+//! The runner reads the global log after the subscriber's checkpoint in
+//! batches, hands the matching events to the subscriber's stack (so retries,
+//! dead letters and idempotency apply as for any subscriber), and saves the
+//! checkpoint once every event of the batch was handled, skipped or
+//! dead-lettered. A crash between the two means the batch is delivered
+//! again: delivery is at least once.
+//!
+//! # Ordering
+//!
+//! With concurrency 1, events arrive in global position order. With more,
+//! the events of a batch are split into lanes by stream, each lane in
+//! position order: one stream's events keep their order, different streams
+//! run at the same time.
+
+use std::hash::{BuildHasher, BuildHasherDefault};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::TryStreamExt;
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::event::RecordedEvent;
+use crate::store::{CheckpointStore, EventStore, ReadAll, StoreError};
+use crate::topic::TopicPattern;
+
+/// Where a durable subscriber that has no checkpoint yet starts.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum StartFrom {
+    /// From the first event in the store: the subscriber sees the history.
+    #[default]
+    Beginning,
+    /// From the events appended after it first subscribed.
+    Now,
+}
+
+/// Settings of a durable subscriber.
+#[derive(Clone, Debug)]
+pub(crate) struct DurableSettings {
+    pub(crate) topics: Vec<TopicPattern>,
+    pub(crate) batch_size: usize,
+    pub(crate) concurrency: usize,
+    pub(crate) poll_interval: Duration,
+    pub(crate) start_from: StartFrom,
+}
+
+/// What the delivery of one event came to, for the checkpoint.
+pub(crate) enum Settled {
+    /// Handled, skipped or dead-lettered: the checkpoint may pass it.
+    Done,
+    /// Failed without being parked, or the subscriber stopped: it must be
+    /// delivered again.
+    Pending,
+}
+
+/// Delivers one event; implemented by the bus's subscriber core.
+pub(crate) trait Deliver: Send + Sync + 'static {
+    fn name(&self) -> &str;
+    fn is_enabled(&self) -> bool;
+    fn deliver_durable(
+        &self,
+        event: &RecordedEvent,
+    ) -> impl std::future::Future<Output = Settled> + Send;
+}
+
+/// A running durable subscriber.
+pub(crate) struct DurableRunner {
+    stop: watch::Sender<bool>,
+    task: Mutex<Option<JoinHandle<()>>>,
+    checkpoint: Arc<AtomicU64>,
+}
+
+impl DurableRunner {
+    pub(crate) fn spawn<D: Deliver>(
+        runtime: &tokio::runtime::Handle,
+        core: Arc<D>,
+        store: Arc<dyn EventStore>,
+        checkpoints: Arc<dyn CheckpointStore>,
+        settings: DurableSettings,
+    ) -> Self {
+        let (stop, stopped) = watch::channel(false);
+        let checkpoint = Arc::new(AtomicU64::new(0));
+        let task = runtime.spawn(run(
+            core,
+            store,
+            checkpoints,
+            settings,
+            stopped,
+            Arc::clone(&checkpoint),
+        ));
+        Self {
+            stop,
+            task: Mutex::new(Some(task)),
+            checkpoint,
+        }
+    }
+
+    /// The last checkpoint saved or loaded.
+    pub(crate) fn checkpoint(&self) -> u64 {
+        self.checkpoint.load(Ordering::Acquire)
+    }
+
+    /// Asks the runner to stop after its current batch, and waits for it.
+    pub(crate) async fn stop(&self) {
+        self.stop.send_replace(true);
+        let task = self.task.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(task) = task {
+            if let Err(err) = task.await {
+                tracing::error!(error = %err, "durable subscriber task ended abnormally");
+            }
+        }
+    }
+}
+
+/// Waits until the store's head moves, `interval` passes, or a stop is
+/// asked; returns whether to stop.
+async fn idle(
+    head: &mut Option<watch::Receiver<u64>>,
+    known_head: u64,
+    interval: Duration,
+    stop: &mut watch::Receiver<bool>,
+) -> bool {
+    let moved = async {
+        match head {
+            Some(rx) => {
+                let _ = rx.wait_for(|h| *h > known_head).await;
+            }
+            None => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = moved => {}
+        _ = tokio::time::sleep(interval) => {}
+        _ = stop.wait_for(|s| *s) => {}
+    }
+    *stop.borrow()
+}
+
+/// Retries a store call until it succeeds or a stop is asked.
+async fn persist<T, F, Fut>(
+    what: &str,
+    subscriber: &str,
+    stop: &mut watch::Receiver<bool>,
+    mut call: F,
+) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, StoreError>>,
+{
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        match call().await {
+            Ok(value) => return Some(value),
+            Err(err) => {
+                tracing::error!(subscriber, error = %err, retry_in = ?backoff, "durable subscriber could not {what}");
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = stop.wait_for(|s| *s) => return None,
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+async fn run<D: Deliver>(
+    core: Arc<D>,
+    store: Arc<dyn EventStore>,
+    checkpoints: Arc<dyn CheckpointStore>,
+    settings: DurableSettings,
+    mut stop: watch::Receiver<bool>,
+    shared_checkpoint: Arc<AtomicU64>,
+) {
+    let name = core.name().to_owned();
+    let Some(saved) = persist("load its checkpoint", &name, &mut stop, || {
+        checkpoints.load(&name)
+    })
+    .await
+    else {
+        return;
+    };
+    let mut checkpoint = match (saved, settings.start_from) {
+        (Some(p), _) => p,
+        (None, StartFrom::Beginning) => 0,
+        (None, StartFrom::Now) => {
+            let Some(head) = persist("read the head", &name, &mut stop, || store.head()).await
+            else {
+                return;
+            };
+            if persist("save its checkpoint", &name, &mut stop, || {
+                checkpoints.save(&name, head)
+            })
+            .await
+            .is_none()
+            {
+                return;
+            }
+            head
+        }
+    };
+    shared_checkpoint.store(checkpoint, Ordering::Release);
+    let mut head = store.watch_head();
+    let mut failures = 0u32;
+    loop {
+        if *stop.borrow() {
+            return;
+        }
+        if !core.is_enabled() {
+            if idle(&mut None, u64::MAX, settings.poll_interval, &mut stop).await {
+                return;
+            }
+            continue;
+        }
+        // The topic filter is applied here rather than in the read, so that
+        // the checkpoint moves past events the subscriber does not match.
+        let batch: Result<Vec<RecordedEvent>, StoreError> = store
+            .read_all(
+                ReadAll::after(checkpoint)
+                    .limit(settings.batch_size)
+                    .batch_size(settings.batch_size),
+            )
+            .try_collect()
+            .await;
+        let events = match batch {
+            Ok(events) => events,
+            Err(err) => {
+                tracing::error!(subscriber = %name, error = %err, "durable subscriber could not read the log");
+                if idle(&mut None, u64::MAX, settings.poll_interval, &mut stop).await {
+                    return;
+                }
+                continue;
+            }
+        };
+        let Some(last) = events.last().and_then(RecordedEvent::position) else {
+            if idle(&mut head, checkpoint, settings.poll_interval, &mut stop).await {
+                return;
+            }
+            continue;
+        };
+        let matching: Vec<RecordedEvent> = events
+            .into_iter()
+            .filter(|e| settings.topics.iter().any(|t| t.matches(e.event_type())))
+            .collect();
+        let reached = deliver_batch(&*core, matching, settings.concurrency, last).await;
+        if reached > checkpoint {
+            if persist("save its checkpoint", &name, &mut stop, || {
+                checkpoints.save(&name, reached)
+            })
+            .await
+            .is_none()
+            {
+                return;
+            }
+            checkpoint = reached;
+            shared_checkpoint.store(checkpoint, Ordering::Release);
+        }
+        if reached < last {
+            // Something must be delivered again: back off so that a failing
+            // event does not spin.
+            failures = failures.saturating_add(1);
+            let wait = (Duration::from_millis(100) * failures.min(50)).min(Duration::from_secs(5));
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = stop.wait_for(|s| *s) => return,
+            }
+        } else {
+            failures = 0;
+        }
+    }
+}
+
+/// Delivers a batch; returns the position up to which every event is
+/// settled (`last` when all are).
+async fn deliver_batch<D: Deliver>(
+    core: &D,
+    events: Vec<RecordedEvent>,
+    concurrency: usize,
+    last: u64,
+) -> u64 {
+    let lanes = concurrency.max(1).min(events.len().max(1));
+    let mut by_lane: Vec<Vec<RecordedEvent>> = vec![Vec::new(); lanes];
+    let hasher = BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default();
+    for event in events {
+        let lane = if lanes == 1 {
+            0
+        } else {
+            (hasher.hash_one(event.stream().unwrap_or_default()) % lanes as u64) as usize
+        };
+        by_lane[lane].push(event);
+    }
+    let results = futures_util::future::join_all(by_lane.into_iter().map(|lane| async move {
+        for event in lane {
+            if !core.is_enabled() {
+                return event.position();
+            }
+            if let Settled::Pending = core.deliver_durable(&event).await {
+                return event.position();
+            }
+        }
+        None
+    }))
+    .await;
+    // The first event not settled in any lane bounds the checkpoint.
+    match results.into_iter().flatten().min() {
+        Some(first_pending) => first_pending.saturating_sub(1),
+        None => last,
+    }
+}
