@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use herald::store::{CheckpointStore, EventStore, ReadStream, StreamName};
 use herald::{
-    Bus, DeliveryMode, EventId, HandlerError, NewEvent, RecordedEvent, StartFrom, Subscriber,
-    handler_fn,
+    Bus, DeliveryMode, EventId, HandlerError, NewEvent, RecordedEvent, ReplayFrom, StartFrom,
+    Subscriber, handler_fn,
 };
 use serde_json::json;
 use tokio::sync::Notify;
@@ -33,6 +33,7 @@ macro_rules! durable_conformance {
             a_failing_event_that_is_not_parked_is_delivered_again,
             a_dead_lettered_event_lets_the_checkpoint_move_on,
             durable_delivery_misses_nothing_from_concurrent_publishers,
+            replay_delivers_events_again_from_a_position_a_time_or_the_start,
         );
     };
 }
@@ -481,4 +482,87 @@ pub async fn durable_delivery_misses_nothing_from_concurrent_publishers<
     bus.shutdown().await;
     assert_eq!(log.events().len(), 400, "an event was delivered twice");
     assert_eq!(log.ids(), published);
+}
+
+/// Replay moves the checkpoint back: the events after it arrive again, and
+/// the lag says how far behind the subscriber is.
+pub async fn replay_delivers_events_again_from_a_position_a_time_or_the_start<
+    S: EventStore + CheckpointStore,
+>(
+    store: Arc<S>,
+) {
+    let bus = bus_on(&store);
+    let log = Log::default();
+    bus.subscribe(
+        Subscriber::new("projector", recording(&log))
+            .topic("#")
+            .mode(DeliveryMode::Durable)
+            .poll_interval(Duration::from_millis(20)),
+    )
+    .expect("subscribe");
+    let mut published = Vec::new();
+    for n in 0..6 {
+        published.push(
+            bus.publish("row.changed", json!({ "n": n }))
+                .await
+                .expect("publish"),
+        );
+    }
+    log.until("the first pass", |e| e.len() == 6).await;
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while bus.lag("projector").await.expect("lag") != 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the checkpoint never caught up"
+        );
+        tokio::task::yield_now().await;
+    }
+
+    let at = published[3].position().expect("stored");
+    assert_eq!(
+        bus.replay("projector", ReplayFrom::Position(at))
+            .await
+            .expect("replay"),
+        at
+    );
+    log.until("events after the position again", |e| e.len() == 8)
+        .await;
+    assert_eq!(
+        log.events()[6..].iter().map(n_of).collect::<Vec<_>>(),
+        [4, 5]
+    );
+
+    // Events recorded at or after the time of event 5: event 5, and event 4
+    // too if both fell in the same microsecond.
+    let since = published[5].recorded_at();
+    bus.replay("projector", ReplayFrom::Time(since))
+        .await
+        .expect("replay");
+    log.until("events since the time again", |e| {
+        e.len() >= 9 && n_of(&e[e.len() - 1]) == 5
+    })
+    .await;
+    let after_time = log.events().len();
+    assert!(log.events()[8..].iter().all(|e| e.recorded_at() >= since));
+
+    assert_eq!(
+        bus.replay("projector", ReplayFrom::Beginning)
+            .await
+            .expect("replay"),
+        0
+    );
+    log.until("everything again", |e| e.len() >= after_time + 6)
+        .await;
+    bus.shutdown().await;
+    assert_eq!(
+        log.events()[after_time..]
+            .iter()
+            .map(n_of)
+            .collect::<Vec<_>>(),
+        (0..6).collect::<Vec<_>>()
+    );
+    assert!(matches!(
+        bus.replay("nobody", ReplayFrom::Beginning).await,
+        Err(herald::DurableError::UnknownSubscriber(_))
+    ));
 }

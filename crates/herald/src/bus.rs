@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use arc_swap::{ArcSwap, ArcSwapOption};
 use chrono::Utc;
-use futures_util::FutureExt;
+use futures_util::{FutureExt, TryStreamExt};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Semaphore, mpsc};
 use tokio::task::{JoinHandle, JoinSet};
@@ -18,7 +18,8 @@ use uuid::Uuid;
 use crate::dead_letter::{
     DeadLetter, DeadLetterQuery, DeadLetterStore, MemoryDeadLetterStore, NewDeadLetter,
 };
-use crate::durable::{Deliver, DurableRunner, DurableSettings, Settled, StartFrom};
+use crate::durable::{Deliver, DurableRunner, DurableSettings, ReplayFrom, Settled, StartFrom};
+use crate::error::DurableError;
 use crate::error::{
     AttemptError, DeadLetterError, PublishError, SubscribeError, UnknownSubscriber,
 };
@@ -30,7 +31,7 @@ use crate::middleware::{
     CatchPanic, DeadLetterLayer, Either, IdempotencyLayer, Layer, Ledger, RetryLayer, RetryPolicy,
     TimeoutLayer, Tracing, optional,
 };
-use crate::store::{CheckpointStore, EventStore, ExpectedVersion, StoreError, StreamName};
+use crate::store::{CheckpointStore, EventStore, ExpectedVersion, ReadAll, StoreError, StreamName};
 use crate::topic::{EventType, TopicPattern};
 use crate::{Disposition, HandlerError};
 
@@ -1039,6 +1040,57 @@ impl Bus {
             .ok_or(DeadLetterError::NotFound(id))
     }
 
+    /// Moves a durable subscriber's checkpoint so that it receives events
+    /// again: from the beginning, after a position, or from a time. Returns
+    /// the new checkpoint, once saved; the subscriber finishes the batch in
+    /// hand first.
+    ///
+    /// # Errors
+    ///
+    /// [`DurableError`] when no such subscriber runs, it is not durable, or
+    /// the store fails.
+    pub async fn replay(&self, name: &str, from: ReplayFrom) -> Result<u64, DurableError> {
+        let entry = self.inner.durable_entry(name)?;
+        let (Some(runner), Some(store)) = (&entry.durable, &self.inner.store) else {
+            return Err(DurableError::NotDurable(name.to_owned()));
+        };
+        let position = match from {
+            ReplayFrom::Beginning => 0,
+            ReplayFrom::Position(p) => p,
+            ReplayFrom::Time(t) => {
+                let first = store
+                    .events
+                    .read_all(ReadAll::after(0).since(t).limit(1))
+                    .try_next()
+                    .await?;
+                match first.and_then(|e| e.position()) {
+                    Some(p) => p - 1,
+                    None => store.events.head().await?,
+                }
+            }
+        };
+        if runner.rewind(position).await {
+            Ok(position)
+        } else {
+            Err(DurableError::NotRunning(name.to_owned()))
+        }
+    }
+
+    /// How many positions a durable subscriber is behind the store's head.
+    ///
+    /// # Errors
+    ///
+    /// [`DurableError`] when no such subscriber runs, it is not durable, or
+    /// the store fails.
+    pub async fn lag(&self, name: &str) -> Result<u64, DurableError> {
+        let entry = self.inner.durable_entry(name)?;
+        let (Some(runner), Some(store)) = (&entry.durable, &self.inner.store) else {
+            return Err(DurableError::NotDurable(name.to_owned()));
+        };
+        let head = store.events.head().await?;
+        Ok(head.saturating_sub(runner.checkpoint()))
+    }
+
     /// Stops accepting events and waits until every event accepted so far
     /// was handled or dead-lettered by the async subscribers.
     ///
@@ -1087,6 +1139,20 @@ impl BusInner {
         self.dead_letters
             .as_ref()
             .ok_or_else(|| DeadLetterError::Store("this bus keeps no dead letters".into()))
+    }
+
+    fn durable_entry(&self, name: &str) -> Result<Arc<Entry>, DurableError> {
+        let entry = self
+            .read_registry()
+            .entries
+            .iter()
+            .find(|e| &*e.core.name == name)
+            .cloned()
+            .ok_or_else(|| DurableError::UnknownSubscriber(name.to_owned()))?;
+        if entry.durable.is_none() {
+            return Err(DurableError::NotDurable(name.to_owned()));
+        }
+        Ok(entry)
     }
 
     fn with_core(&self, name: &str, f: impl FnOnce(&Core)) -> Result<(), UnknownSubscriber> {

@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use futures_util::TryStreamExt;
 use serde::{Deserialize, Serialize};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 use crate::event::RecordedEvent;
@@ -40,6 +40,24 @@ pub enum StartFrom {
     /// From the events appended after it first subscribed.
     Now,
 }
+
+/// Where [`Bus::replay`](crate::Bus::replay) moves a durable subscriber's
+/// checkpoint back (or forward) to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum ReplayFrom {
+    /// The first event in the store.
+    Beginning,
+    /// The events after this position.
+    Position(u64),
+    /// The events recorded at or after this time.
+    Time(chrono::DateTime<chrono::Utc>),
+}
+
+/// A rewind asked of a running subscriber: the new checkpoint and who to
+/// tell once it is saved.
+type Rewind = (u64, oneshot::Sender<()>);
 
 /// Settings of a durable subscriber.
 #[derive(Clone, Debug)]
@@ -73,6 +91,7 @@ pub(crate) trait Deliver: Send + Sync + 'static {
 /// A running durable subscriber.
 pub(crate) struct DurableRunner {
     stop: watch::Sender<bool>,
+    rewind: mpsc::UnboundedSender<Rewind>,
     task: Mutex<Option<JoinHandle<()>>>,
     checkpoint: Arc<AtomicU64>,
 }
@@ -86,17 +105,22 @@ impl DurableRunner {
         settings: DurableSettings,
     ) -> Self {
         let (stop, stopped) = watch::channel(false);
+        let (rewind, rewinds) = mpsc::unbounded_channel();
         let checkpoint = Arc::new(AtomicU64::new(0));
         let task = runtime.spawn(run(
             core,
             store,
             checkpoints,
             settings,
-            stopped,
+            Signals {
+                stop: stopped,
+                rewinds,
+            },
             Arc::clone(&checkpoint),
         ));
         Self {
             stop,
+            rewind,
             task: Mutex::new(Some(task)),
             checkpoint,
         }
@@ -105,6 +129,16 @@ impl DurableRunner {
     /// The last checkpoint saved or loaded.
     pub(crate) fn checkpoint(&self) -> u64 {
         self.checkpoint.load(Ordering::Acquire)
+    }
+
+    /// Moves the checkpoint to `position` once the current batch is done;
+    /// returns once it is saved, or `false` if the runner has ended.
+    pub(crate) async fn rewind(&self, position: u64) -> bool {
+        let (done, saved) = oneshot::channel();
+        if self.rewind.send((position, done)).is_err() {
+            return false;
+        }
+        saved.await.is_ok()
     }
 
     /// Asks the runner to stop after its current batch, and waits for it.
@@ -119,14 +153,22 @@ impl DurableRunner {
     }
 }
 
-/// Waits until the store's head moves, `interval` passes, or a stop is
-/// asked; returns whether to stop.
+/// What a runner listens to besides the store.
+struct Signals {
+    stop: watch::Receiver<bool>,
+    rewinds: mpsc::UnboundedReceiver<Rewind>,
+}
+
+/// Waits until the store's head moves, `interval` passes, a rewind comes
+/// (kept in `pending`), or a stop is asked; returns whether to stop.
 async fn idle(
     head: &mut Option<watch::Receiver<u64>>,
     known_head: u64,
     interval: Duration,
-    stop: &mut watch::Receiver<bool>,
+    signals: &mut Signals,
+    pending: &mut Option<Rewind>,
 ) -> bool {
+    let stop = &mut signals.stop;
     let moved = async {
         match head {
             Some(rx) => {
@@ -139,6 +181,7 @@ async fn idle(
         _ = moved => {}
         _ = tokio::time::sleep(interval) => {}
         _ = stop.wait_for(|s| *s) => {}
+        Some(rewind) = signals.rewinds.recv() => *pending = Some(rewind),
     }
     *stop.borrow()
 }
@@ -175,9 +218,11 @@ async fn run<D: Deliver>(
     store: Arc<dyn EventStore>,
     checkpoints: Arc<dyn CheckpointStore>,
     settings: DurableSettings,
-    mut stop: watch::Receiver<bool>,
+    mut signals: Signals,
     shared_checkpoint: Arc<AtomicU64>,
 ) {
+    let mut stop = signals.stop.clone();
+    let mut pending: Option<Rewind> = None;
     let name = core.name().to_owned();
     let Some(saved) = persist("load its checkpoint", &name, &mut stop, || {
         checkpoints.load(&name)
@@ -212,8 +257,34 @@ async fn run<D: Deliver>(
         if *stop.borrow() {
             return;
         }
+        if pending.is_none() {
+            pending = signals.rewinds.try_recv().ok();
+        }
+        if let Some((position, done)) = pending.take() {
+            if persist("save its checkpoint", &name, &mut stop, || {
+                checkpoints.save(&name, position)
+            })
+            .await
+            .is_none()
+            {
+                return;
+            }
+            checkpoint = position;
+            shared_checkpoint.store(checkpoint, Ordering::Release);
+            tracing::info!(subscriber = %name, checkpoint, "durable subscriber rewound");
+            let _ = done.send(());
+            continue;
+        }
         if !core.is_enabled() {
-            if idle(&mut None, u64::MAX, settings.poll_interval, &mut stop).await {
+            if idle(
+                &mut None,
+                u64::MAX,
+                settings.poll_interval,
+                &mut signals,
+                &mut pending,
+            )
+            .await
+            {
                 return;
             }
             continue;
@@ -232,14 +303,30 @@ async fn run<D: Deliver>(
             Ok(events) => events,
             Err(err) => {
                 tracing::error!(subscriber = %name, error = %err, "durable subscriber could not read the log");
-                if idle(&mut None, u64::MAX, settings.poll_interval, &mut stop).await {
+                if idle(
+                    &mut None,
+                    u64::MAX,
+                    settings.poll_interval,
+                    &mut signals,
+                    &mut pending,
+                )
+                .await
+                {
                     return;
                 }
                 continue;
             }
         };
         let Some(last) = events.last().and_then(RecordedEvent::position) else {
-            if idle(&mut head, checkpoint, settings.poll_interval, &mut stop).await {
+            if idle(
+                &mut head,
+                checkpoint,
+                settings.poll_interval,
+                &mut signals,
+                &mut pending,
+            )
+            .await
+            {
                 return;
             }
             continue;

@@ -433,6 +433,24 @@ pub enum DeadLetterError {
     Store(#[source] BoxError),
 }
 
+/// A durable-subscriber operation failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DurableError {
+    /// No subscriber has this name.
+    #[error("no subscriber named {0}")]
+    UnknownSubscriber(String),
+    /// The subscriber is not durable.
+    #[error("subscriber {0} is not durable")]
+    NotDurable(String),
+    /// The subscriber's runner has ended (the bus was shut down).
+    #[error("durable subscriber {0} is not running")]
+    NotRunning(String),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+}
+
 /// The idempotency ledger failed.
 #[derive(Debug, thiserror::Error)]
 #[error("idempotency ledger failed: {0}")]

@@ -216,10 +216,10 @@ pub use crate::bus::{
 pub use crate::dead_letter::{
     DeadLetter, DeadLetterQuery, DeadLetterStore, MemoryDeadLetterStore, NewDeadLetter,
 };
-pub use crate::durable::StartFrom;
+pub use crate::durable::{ReplayFrom, StartFrom};
 pub use crate::error::{
-    AttemptError, BoxError, ConfigError, DeadLetterError, Disposition, ErrorKind, HandlerError,
-    HandlerResult, LedgerError, PublishError, SubscribeError, UnknownSubscriber,
+    AttemptError, BoxError, ConfigError, DeadLetterError, Disposition, DurableError, ErrorKind,
+    HandlerError, HandlerResult, LedgerError, PublishError, SubscribeError, UnknownSubscriber,
 };
 pub use crate::event::{
     DecodeError, Event, Metadata, NewEvent, Origin, Payload, PayloadError, RecordedEvent,
