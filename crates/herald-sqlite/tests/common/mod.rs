@@ -1,0 +1,111 @@
+//! A store in a temporary directory of its own, removed when the store is
+//! dropped.
+
+use std::ops::Deref;
+
+use async_trait::async_trait;
+use futures_util::stream::BoxStream;
+use herald::store::{
+    Appended, Capabilities, EventStore, ExpectedVersion, ListStreams, ReadAll, ReadStream,
+    StoreError, StreamInfo, StreamName,
+};
+use herald::{EventId, NewEvent, RecordedEvent};
+use herald_sqlite::{SqliteConfig, SqliteStore};
+use tempfile::TempDir;
+
+/// A [`SqliteStore`] that owns the directory of its database file.
+pub(crate) struct TempStore {
+    // Declared first, so dropped first: the store's threads stop and its
+    // connections close before the directory is removed.
+    store: SqliteStore,
+    dir: TempDir,
+}
+
+impl TempStore {
+    /// A fresh store, configured by `configure`.
+    pub(crate) async fn with(configure: impl FnOnce(SqliteConfig) -> SqliteConfig) -> Self {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let config = configure(SqliteConfig::new(dir.path().join("events.db")));
+        let store = SqliteStore::open(config).await.expect("open the store");
+        Self { store, dir }
+    }
+
+    /// The directory of the database file.
+    #[allow(dead_code)]
+    pub(crate) fn dir(&self) -> &TempDir {
+        &self.dir
+    }
+}
+
+impl Deref for TempStore {
+    type Target = SqliteStore;
+
+    fn deref(&self) -> &SqliteStore {
+        &self.store
+    }
+}
+
+#[async_trait]
+impl EventStore for TempStore {
+    async fn append(
+        &self,
+        stream: &StreamName,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> Result<Appended, StoreError> {
+        self.store.append(stream, expected, events).await
+    }
+
+    async fn link(
+        &self,
+        stream: &StreamName,
+        expected: ExpectedVersion,
+        events: &[EventId],
+    ) -> Result<Appended, StoreError> {
+        self.store.link(stream, expected, events).await
+    }
+
+    async fn read_stream(
+        &self,
+        stream: &StreamName,
+        query: ReadStream,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        self.store.read_stream(stream, query).await
+    }
+
+    fn read_all(&self, query: ReadAll) -> BoxStream<'_, Result<RecordedEvent, StoreError>> {
+        self.store.read_all(query)
+    }
+
+    async fn event(&self, id: EventId) -> Result<Option<RecordedEvent>, StoreError> {
+        self.store.event(id).await
+    }
+
+    async fn stream_info(&self, stream: &StreamName) -> Result<Option<StreamInfo>, StoreError> {
+        self.store.stream_info(stream).await
+    }
+
+    async fn list_streams(&self, query: ListStreams) -> Result<Vec<StreamInfo>, StoreError> {
+        self.store.list_streams(query).await
+    }
+
+    async fn delete_stream(
+        &self,
+        stream: &StreamName,
+        expected: ExpectedVersion,
+    ) -> Result<bool, StoreError> {
+        self.store.delete_stream(stream, expected).await
+    }
+
+    async fn head(&self) -> Result<u64, StoreError> {
+        self.store.head().await
+    }
+
+    fn watch_head(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        self.store.watch_head()
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        self.store.capabilities()
+    }
+}
