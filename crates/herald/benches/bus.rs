@@ -309,7 +309,11 @@ fn publish_async(c: &mut Criterion) {
     group.throughput(Throughput::Elements(BATCH));
     // The capacity is set explicitly, so that the figures keep their meaning
     // when the bus's default changes.
-    for (name, capacity) in [("async_1_e2e", 1024), ("async_1_e2e_q64", 64)] {
+    for (name, capacity) in [
+        ("async_1_e2e", 1024),
+        ("async_1_e2e_q256", 256),
+        ("async_1_e2e_q64", 64),
+    ] {
         let bench = AsyncBus::new(&rt, capacity);
         let mut bound_checked = false;
         group.bench_function(name, |b| {
