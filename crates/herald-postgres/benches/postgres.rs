@@ -1,0 +1,3 @@
+//! Benchmarks of the PostgreSQL store.
+
+fn main() {}

@@ -1,0 +1,112 @@
+//! The store's SQL, from `queries/`, with the schema filled in.
+
+/// Replaces `{schema}` in a query with the quoted schema name.
+fn fill(template: &str, schema: &str) -> String {
+    template.replace("{schema}", schema)
+}
+
+/// Every statement the store sends, for one schema.
+#[derive(Debug)]
+pub(crate) struct Queries {
+    /// The notification channel of this schema.
+    pub(crate) channel: String,
+    pub(crate) append_any: String,
+    pub(crate) append_no_stream: String,
+    pub(crate) append_existing: String,
+    pub(crate) link_any: String,
+    pub(crate) link_no_stream: String,
+    pub(crate) link_existing: String,
+    pub(crate) stored_events: String,
+    pub(crate) event_positions: String,
+    pub(crate) stream_version: String,
+    pub(crate) lock_stream: String,
+    pub(crate) delete_stream: String,
+    pub(crate) event: String,
+    pub(crate) read_forward: String,
+    pub(crate) read_backward: String,
+    pub(crate) read_all: String,
+    pub(crate) head: String,
+    pub(crate) streams: String,
+    pub(crate) stream_info: String,
+    pub(crate) notify: String,
+    pub(crate) probe: String,
+}
+
+impl Queries {
+    /// The statements for `schema`, a name that
+    /// [`PgConfig::validate`](crate::PgConfig::validate) accepted.
+    pub(crate) fn new(schema: &str) -> Self {
+        let quoted = format!("\"{schema}\"");
+        let q = |template: &str| fill(template, &quoted);
+        let any = include_str!("../queries/append/stream_any.sql");
+        let no_stream = include_str!("../queries/append/stream_no_stream.sql");
+        let existing = include_str!("../queries/append/stream_existing.sql");
+        let insert = include_str!("../queries/append/insert_events.sql");
+        let link = include_str!("../queries/append/link.sql");
+        let with = |stream: &str, tail: &str| q(&format!("WITH s AS (\n{stream}\n)\n{tail}"));
+        let channel = format!("{schema}.herald_events");
+        Self {
+            append_any: with(any, insert),
+            append_no_stream: with(no_stream, insert),
+            append_existing: with(existing, insert),
+            link_any: with(any, link),
+            link_no_stream: with(no_stream, link),
+            link_existing: with(existing, link),
+            stored_events: q(include_str!("../queries/append/stored_events.sql")),
+            event_positions: q(
+                "SELECT id, position FROM {schema}.events WHERE id = ANY ($1::uuid[])",
+            ),
+            stream_version: q("SELECT version FROM {schema}.streams WHERE name = $1::text"),
+            lock_stream: q("SELECT version FROM {schema}.streams WHERE name = $1::text FOR UPDATE"),
+            delete_stream: q(include_str!("../queries/append/delete_stream.sql")),
+            event: q(
+                "SELECT position, id, type, stream, version, recorded_at, data::text AS data, \
+                 correlation_id, causation_id, headers::text AS headers \
+                 FROM {schema}.events WHERE id = $1::uuid",
+            ),
+            read_forward: q(include_str!("../queries/read/stream_forward.sql")),
+            read_backward: q(include_str!("../queries/read/stream_backward.sql")),
+            read_all: q(include_str!("../queries/read/all.sql")),
+            head: q(include_str!("../queries/read/head.sql")),
+            streams: q(include_str!("../queries/read/streams.sql")),
+            stream_info: q(include_str!("../queries/read/stream_info.sql")),
+            notify: format!("SELECT pg_notify('{channel}', '')"),
+            probe: q(include_str!("../queries/read/probe.sql")),
+            channel,
+        }
+    }
+}
+
+/// A POSIX regular expression that PostgreSQL's `~` matches against an
+/// event type exactly when `pattern` (AMQP rules) does.
+///
+/// The type is matched with a `.` put before it, so that every segment is
+/// `\.segment`: `*` is one segment, `#` zero or more. Literal segments hold
+/// only ASCII letters, digits, `_` and `-`, none of them special.
+pub(crate) fn pattern_regex(pattern: &str) -> String {
+    let mut regex = String::from("^");
+    for segment in pattern.split('.') {
+        match segment {
+            "*" => regex.push_str(r"\.[^.]+"),
+            "#" => regex.push_str(r"(\.[^.]+)*"),
+            literal => {
+                regex.push_str(r"\.");
+                regex.push_str(literal);
+            }
+        }
+    }
+    regex.push('$');
+    regex
+}
+
+#[cfg(test)]
+mod tests {
+    use super::pattern_regex;
+
+    #[test]
+    fn patterns_become_anchored_regexes() {
+        assert_eq!(pattern_regex("order.*"), r"^\.order\.[^.]+$");
+        assert_eq!(pattern_regex("a.#.b"), r"^\.a(\.[^.]+)*\.b$");
+        assert_eq!(pattern_regex("#"), r"^(\.[^.]+)*$");
+    }
+}
