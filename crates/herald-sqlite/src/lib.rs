@@ -3,7 +3,9 @@
 //!
 //! It is the default store of the Herald server and CLI: nothing to run
 //! beside the application, the history in one file, and it passes the same
-//! conformance suite (`herald-testkit`) as every other store.
+//! conformance suites (`herald-testkit`) as every other store. It also
+//! implements [`CheckpointStore`](herald::store::CheckpointStore), so a bus
+//! built on it keeps its durable subscribers' checkpoints in the same file.
 //!
 //! # Examples
 //!
@@ -58,7 +60,8 @@
 //!
 //! - **One writer.** SQLite lets one connection write at a time, so every
 //!   write (append, link, delete) goes to a dedicated writer thread as a
-//!   command on a bounded channel, with a oneshot reply.
+//!   command on a bounded channel, with a oneshot reply. Checkpoint saves
+//!   are writes too.
 //! - **Group commit.** The writer takes every command waiting in the queue
 //!   (up to [`SqliteConfig::max_group_commit`]) and runs them in one
 //!   transaction, each inside a savepoint so that a failing command (a
@@ -125,7 +128,7 @@
 //! event, payload and metadata as the exact JSON text given), `streams` (one
 //! row per stream: version, count, first and last times) and
 //! `stream_entries` (links; a `NULL` position is the hole a deleted event
-//! leaves).
+//! leaves), and `checkpoints` (one row per durable subscriber).
 //!
 //! # Errors
 //!

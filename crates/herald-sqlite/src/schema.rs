@@ -15,14 +15,21 @@ struct Migration {
 
 /// Every migration, in order. A database records the ones applied in
 /// `herald_migrations`.
-const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "init",
-    sql: include_str!("../migrations/0001_init.sql"),
-}];
+const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "init",
+        sql: include_str!("../migrations/0001_init.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "checkpoints",
+        sql: include_str!("../migrations/0002_checkpoints.sql"),
+    },
+];
 
 /// The schema version this crate writes.
-pub(crate) const LATEST: u32 = 1;
+pub(crate) const LATEST: u32 = 2;
 
 const CREATE_MIGRATIONS_TABLE: &str = "
     CREATE TABLE IF NOT EXISTS herald_migrations (
@@ -108,7 +115,7 @@ mod tests {
             .unwrap()
             .collect::<Result<_, _>>()
             .unwrap();
-        assert_eq!(versions, [1]);
+        assert_eq!(versions, [1, 2]);
     }
 
     #[test]

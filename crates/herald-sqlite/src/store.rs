@@ -8,8 +8,8 @@ use std::thread::JoinHandle;
 use async_trait::async_trait;
 use futures_util::stream::{self, BoxStream, StreamExt, TryStreamExt};
 use herald::store::{
-    Appended, Capabilities, Direction, EventStore, ExpectedVersion, ListStreams, ReadAll,
-    ReadStream, StoreError, StreamInfo, StreamName,
+    Appended, Capabilities, CheckpointStore, Direction, EventStore, ExpectedVersion, ListStreams,
+    ReadAll, ReadStream, StoreError, StreamInfo, StreamName,
 };
 use herald::{EventId, EventType, NewEvent, RecordedEvent, TopicPattern};
 use rusqlite::{Connection, OptionalExtension};
@@ -423,6 +423,44 @@ impl EventStore for SqliteStore {
         capabilities.durable = true;
         capabilities.shared_between_processes = true;
         capabilities
+    }
+}
+
+/// Checkpoints live in the same file as the history, in the `checkpoints`
+/// table; saves go through the writer (and its group commit), so a saved
+/// checkpoint is as durable as an append.
+#[async_trait]
+impl CheckpointStore for SqliteStore {
+    async fn load(&self, subscriber: &str) -> Result<Option<u64>, StoreError> {
+        let subscriber = subscriber.to_owned();
+        self.read(move |conn| {
+            let context = || format!("load the checkpoint of subscriber {subscriber:?}");
+            conn.prepare_cached("SELECT position FROM checkpoints WHERE subscriber = ?1")
+                .context(context())?
+                .query_row([&subscriber], |row| row.get::<_, i64>(0))
+                .optional()
+                .context(context())
+                .map(|position| position.map(uint))
+        })
+        .await
+    }
+
+    async fn save(&self, subscriber: &str, position: u64) -> Result<(), StoreError> {
+        self.write(|reply| Command::Checkpoint {
+            subscriber: subscriber.to_owned(),
+            position: Some(position),
+            reply,
+        })
+        .await
+    }
+
+    async fn reset(&self, subscriber: &str) -> Result<(), StoreError> {
+        self.write(|reply| Command::Checkpoint {
+            subscriber: subscriber.to_owned(),
+            position: None,
+            reply,
+        })
+        .await
     }
 }
 

@@ -54,12 +54,19 @@ pub(crate) enum Command {
         expected: ExpectedVersion,
         reply: oneshot::Sender<Result<bool, StoreError>>,
     },
+    /// Saves a checkpoint, or forgets it (`position: None`).
+    Checkpoint {
+        subscriber: String,
+        position: Option<u64>,
+        reply: oneshot::Sender<Result<(), StoreError>>,
+    },
 }
 
 /// What a command produced.
 enum Done {
     Appended(Appended),
     Deleted(bool),
+    Checkpointed,
 }
 
 const INSERT_EVENT: &str = "INSERT INTO events (id, type, stream, version, recorded_at, data, metadata) \
@@ -75,6 +82,9 @@ const STORED_EVENT: &str =
     "SELECT stream, version, position, type, data, metadata FROM events WHERE id = ?1";
 const POSITION_OF: &str = "SELECT position FROM events WHERE id = ?1";
 const DELETE_STREAM: &str = include_str!("../queries/delete_stream.sql");
+const SAVE_CHECKPOINT: &str = "INSERT INTO checkpoints (subscriber, position, saved_at) VALUES (?1, ?2, ?3) \
+     ON CONFLICT (subscriber) DO UPDATE SET position = excluded.position, saved_at = excluded.saved_at";
+const RESET_CHECKPOINT: &str = "DELETE FROM checkpoints WHERE subscriber = ?1";
 
 /// The head position: the highest position ever assigned.
 pub(crate) const HEAD: &str = "SELECT seq FROM sqlite_sequence WHERE name = 'events'";
@@ -276,6 +286,13 @@ impl Writer {
             Command::Delete {
                 stream, expected, ..
             } => self.delete(stream, *expected).map(Done::Deleted),
+            Command::Checkpoint {
+                subscriber,
+                position,
+                ..
+            } => self
+                .checkpoint(subscriber, *position)
+                .map(|()| Done::Checkpointed),
         }
     }
 
@@ -307,16 +324,7 @@ impl Writer {
         stream: &StreamName,
         expected: ExpectedVersion,
     ) -> Result<Option<u64>, StoreError> {
-        let actual = self.version(stream)?;
-        if expected.is_met_by(actual) {
-            Ok(actual)
-        } else {
-            Err(StoreError::WrongExpectedVersion {
-                stream: stream.clone(),
-                expected,
-                actual,
-            })
-        }
+        expected.check(stream, self.version(stream)?)
     }
 
     fn append(
@@ -579,6 +587,25 @@ impl Writer {
         }
         Ok(true)
     }
+
+    fn checkpoint(&mut self, subscriber: &str, position: Option<u64>) -> Result<(), StoreError> {
+        let context = || format!("save the checkpoint of subscriber {subscriber:?}");
+        let done = match position {
+            Some(position) => {
+                let at = self.now();
+                self.conn
+                    .prepare_cached(SAVE_CHECKPOINT)
+                    .context(context())?
+                    .execute((subscriber, int(position), at))
+            }
+            None => self
+                .conn
+                .prepare_cached(RESET_CHECKPOINT)
+                .context(context())?
+                .execute([subscriber]),
+        };
+        done.context(context()).map(|_| ())
+    }
 }
 
 /// What the repeat check compares.
@@ -598,17 +625,29 @@ impl Command {
             Self::Append { reply, .. } | Self::Link { reply, .. } => {
                 let _ = reply.send(result.and_then(|done| match done {
                     Done::Appended(a) => Ok(a),
-                    Done::Deleted(_) => Err(failure("writer answered a delete to an append")),
+                    _ => Err(mismatch()),
                 }));
             }
             Self::Delete { reply, .. } => {
                 let _ = reply.send(result.and_then(|done| match done {
                     Done::Deleted(d) => Ok(d),
-                    Done::Appended(_) => Err(failure("writer answered an append to a delete")),
+                    _ => Err(mismatch()),
+                }));
+            }
+            Self::Checkpoint { reply, .. } => {
+                let _ = reply.send(result.and_then(|done| match done {
+                    Done::Checkpointed => Ok(()),
+                    _ => Err(mismatch()),
                 }));
             }
         }
     }
+}
+
+/// A command answered with another command's result: a bug, reported rather
+/// than panicking the writer.
+fn mismatch() -> StoreError {
+    failure("the writer answered a command with the result of another kind")
 }
 
 #[cfg(test)]

@@ -186,6 +186,11 @@ async fn idle(
     *stop.borrow()
 }
 
+/// Waits `interval` (or for a rewind or a stop); returns whether to stop.
+async fn pause(interval: Duration, signals: &mut Signals, pending: &mut Option<Rewind>) -> bool {
+    idle(&mut None, u64::MAX, interval, signals, pending).await
+}
+
 /// Retries a store call until it succeeds or a stop is asked.
 async fn persist<T, F, Fut>(
     what: &str,
@@ -276,15 +281,7 @@ async fn run<D: Deliver>(
             continue;
         }
         if !core.is_enabled() {
-            if idle(
-                &mut None,
-                u64::MAX,
-                settings.poll_interval,
-                &mut signals,
-                &mut pending,
-            )
-            .await
-            {
+            if pause(settings.poll_interval, &mut signals, &mut pending).await {
                 return;
             }
             continue;
@@ -303,15 +300,7 @@ async fn run<D: Deliver>(
             Ok(events) => events,
             Err(err) => {
                 tracing::error!(subscriber = %name, error = %err, "durable subscriber could not read the log");
-                if idle(
-                    &mut None,
-                    u64::MAX,
-                    settings.poll_interval,
-                    &mut signals,
-                    &mut pending,
-                )
-                .await
-                {
+                if pause(settings.poll_interval, &mut signals, &mut pending).await {
                     return;
                 }
                 continue;

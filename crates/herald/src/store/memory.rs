@@ -121,16 +121,7 @@ impl State {
         stream: &StreamName,
         expected: ExpectedVersion,
     ) -> Result<Option<u64>, StoreError> {
-        let actual = self.version(stream);
-        if expected.is_met_by(actual) {
-            Ok(actual)
-        } else {
-            Err(StoreError::WrongExpectedVersion {
-                stream: stream.clone(),
-                expected,
-                actual,
-            })
-        }
+        expected.check(stream, self.version(stream))
     }
 
     /// The stored events of an append that repeats an earlier one, or why

@@ -229,6 +229,32 @@ impl ExpectedVersion {
     }
 }
 
+impl ExpectedVersion {
+    /// Checks a stream whose version is `actual` (`None`: no stream):
+    /// `actual` when it meets this expectation, else the conflict error that
+    /// every backend returns.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::WrongExpectedVersion`] naming the stream, this
+    /// expectation and the actual version.
+    pub fn check(
+        self,
+        stream: &StreamName,
+        actual: Option<u64>,
+    ) -> Result<Option<u64>, StoreError> {
+        if self.is_met_by(actual) {
+            Ok(actual)
+        } else {
+            Err(StoreError::WrongExpectedVersion {
+                stream: stream.clone(),
+                expected: self,
+                actual,
+            })
+        }
+    }
+}
+
 impl fmt::Display for ExpectedVersion {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
