@@ -287,8 +287,11 @@ impl Subscriber {
     /// retries, instead of going to the dead letters: for a handler that
     /// must succeed for the publisher's work to count (the publisher's
     /// transaction rolls back on the error). Subscribers after it, and async
-    /// subscribers, do not receive the event then. Async subscribers ignore
-    /// this setting.
+    /// subscribers, do not receive the event then. Async and durable
+    /// subscribers ignore this setting. On a bus built on a store, the event
+    /// is already stored when inline subscribers run; to make an event and
+    /// the caller's writes commit together, append it in the caller's own
+    /// transaction (the outbox of a store crate).
     pub fn propagate_errors(mut self) -> Self {
         self.propagate_errors = true;
         self
