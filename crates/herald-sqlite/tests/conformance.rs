@@ -1,7 +1,9 @@
-//! The SQLite store passes the store conformance suite, each scenario in a
-//! database file of its own.
+//! The SQLite store passes the store and durable-subscriber conformance
+//! suites, each scenario in a database file of its own.
 
 mod common;
+
+use std::sync::Arc;
 
 use common::TempStore;
 
@@ -10,3 +12,9 @@ async fn new_store() -> TempStore {
 }
 
 herald_testkit::store_conformance!(new_store);
+
+async fn new_shared_store() -> Arc<TempStore> {
+    Arc::new(new_store().await)
+}
+
+herald_testkit::durable_conformance!(new_shared_store);

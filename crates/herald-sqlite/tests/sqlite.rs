@@ -11,8 +11,8 @@ use std::time::Duration;
 use common::TempStore;
 use futures_util::TryStreamExt;
 use herald::store::{
-    EventStore, ExpectedVersion, MemoryStore, ReadAll, ReadStream, StoreError, StoreErrorKind,
-    StreamName,
+    CheckpointStore, EventStore, ExpectedVersion, MemoryStore, ReadAll, ReadStream, StoreError,
+    StoreErrorKind, StreamName,
 };
 use herald::{NewEvent, Payload, RecordedEvent, TopicPattern};
 use herald_sqlite::{ConfigError, OpenError, SqliteConfig, SqliteStore, Synchronous};
@@ -31,7 +31,7 @@ async fn all<S: EventStore>(store: &S, query: ReadAll) -> Vec<RecordedEvent> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn history_and_head_survive_reopening_and_positions_are_never_reused() {
+async fn history_head_and_checkpoints_survive_reopening_and_positions_are_never_reused() {
     let dir = tempfile::tempdir().unwrap();
     let config = SqliteConfig::new(dir.path().join("events.db")).synchronous(Synchronous::Full);
     let (kept, gone) = (stream("kept-1"), stream("gone-1"));
@@ -57,8 +57,17 @@ async fn history_and_head_survive_reopening_and_positions_are_never_reused() {
                 .unwrap()
         );
         assert_eq!(store.head().await.unwrap(), 3);
+        store.save("mailer", 2).await.unwrap();
+        store.save("billing", 1).await.unwrap();
+        store.save("billing", 3).await.unwrap();
+        store.save("audit", 3).await.unwrap();
+        store.reset("audit").await.unwrap();
     }
     let store = SqliteStore::open(config).await.unwrap();
+    assert_eq!(store.load("mailer").await.unwrap(), Some(2));
+    assert_eq!(store.load("billing").await.unwrap(), Some(3));
+    assert_eq!(store.load("audit").await.unwrap(), None);
+    assert_eq!(store.load("never").await.unwrap(), None);
     assert_eq!(store.head().await.unwrap(), 3);
     assert_eq!(*store.watch_head().unwrap().borrow(), 3);
     let read = store
@@ -390,7 +399,7 @@ async fn the_schema_is_versioned_and_the_database_is_in_wal_mode() {
     let conn = rusqlite::Connection::open(store.path()).unwrap();
     let (version, name, applied_at): (i64, String, i64) = conn
         .query_row(
-            "SELECT version, name, applied_at FROM herald_migrations",
+            "SELECT version, name, applied_at FROM herald_migrations ORDER BY version LIMIT 1",
             [],
             |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
         )
@@ -409,7 +418,13 @@ async fn the_schema_is_versioned_and_the_database_is_in_wal_mode() {
         .unwrap()
         .collect::<Result<_, _>>()
         .unwrap();
-    for table in ["events", "streams", "stream_entries", "herald_migrations"] {
+    for table in [
+        "events",
+        "streams",
+        "stream_entries",
+        "checkpoints",
+        "herald_migrations",
+    ] {
         assert!(tables.contains(table), "{table} in {tables:?}");
     }
 }

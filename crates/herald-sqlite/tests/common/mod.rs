@@ -6,8 +6,8 @@ use std::ops::Deref;
 use async_trait::async_trait;
 use futures_util::stream::BoxStream;
 use herald::store::{
-    Appended, Capabilities, EventStore, ExpectedVersion, ListStreams, ReadAll, ReadStream,
-    StoreError, StreamInfo, StreamName,
+    Appended, Capabilities, CheckpointStore, EventStore, ExpectedVersion, ListStreams, ReadAll,
+    ReadStream, StoreError, StreamInfo, StreamName,
 };
 use herald::{EventId, NewEvent, RecordedEvent};
 use herald_sqlite::{SqliteConfig, SqliteStore};
@@ -107,5 +107,20 @@ impl EventStore for TempStore {
 
     fn capabilities(&self) -> Capabilities {
         self.store.capabilities()
+    }
+}
+
+#[async_trait]
+impl CheckpointStore for TempStore {
+    async fn load(&self, subscriber: &str) -> Result<Option<u64>, StoreError> {
+        self.store.load(subscriber).await
+    }
+
+    async fn save(&self, subscriber: &str, position: u64) -> Result<(), StoreError> {
+        self.store.save(subscriber, position).await
+    }
+
+    async fn reset(&self, subscriber: &str) -> Result<(), StoreError> {
+        self.store.reset(subscriber).await
     }
 }
