@@ -16,5 +16,6 @@
 //! scenarios run in parallel. A scenario that needs a service that is not
 //! reachable fails; it never skips.
 
+pub mod dead_letters;
 pub mod durable;
 pub mod store;

@@ -13,3 +13,9 @@ async fn new_shared_store() -> std::sync::Arc<MemoryStore> {
 }
 
 herald_testkit::durable_conformance!(new_shared_store);
+
+async fn new_dead_letter_store() -> herald::MemoryDeadLetterStore {
+    herald::MemoryDeadLetterStore::new()
+}
+
+herald_testkit::dead_letter_conformance!(new_dead_letter_store);

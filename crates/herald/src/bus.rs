@@ -1030,6 +1030,26 @@ impl Bus {
         }
     }
 
+    /// Retries every dead letter that `query` selects, one after the other,
+    /// as [`retry_dead_letter`](Self::retry_dead_letter) does; returns each
+    /// one's outcome. A dead letter whose subscriber is gone is reported
+    /// with its error and left in place.
+    ///
+    /// # Errors
+    ///
+    /// [`DeadLetterError::Store`] when listing fails.
+    pub async fn retry_dead_letters(
+        &self,
+        query: &DeadLetterQuery,
+    ) -> Result<Vec<(Uuid, Result<RetryOutcome, DeadLetterError>)>, DeadLetterError> {
+        let letters = self.dead_letters(query).await?;
+        let mut outcomes = Vec::with_capacity(letters.len());
+        for letter in letters {
+            outcomes.push((letter.id, self.retry_dead_letter(letter.id).await));
+        }
+        Ok(outcomes)
+    }
+
     /// Discards a dead letter.
     ///
     /// # Errors

@@ -70,6 +70,12 @@ pub struct DeadLetterQuery {
     pub subscriber: Option<String>,
     /// Only events whose type matches.
     pub event_type: Option<TopicPattern>,
+    /// Only dead letters with an error message containing this text.
+    pub error: Option<String>,
+    /// Only dead letters whose last failure is at or after this time.
+    pub failed_since: Option<DateTime<Utc>>,
+    /// Only dead letters whose last failure is before this time.
+    pub failed_until: Option<DateTime<Utc>>,
     /// At most this many, oldest first.
     pub limit: Option<usize>,
 }
@@ -87,13 +93,33 @@ impl DeadLetterQuery {
         self
     }
 
+    /// Only dead letters with an error message containing `text`.
+    pub fn error(mut self, text: impl Into<String>) -> Self {
+        self.error = Some(text.into());
+        self
+    }
+
+    /// Only dead letters whose last failure is in `[since, until)`; either
+    /// bound may be open.
+    pub fn failed_between(
+        mut self,
+        since: Option<DateTime<Utc>>,
+        until: Option<DateTime<Utc>>,
+    ) -> Self {
+        self.failed_since = since;
+        self.failed_until = until;
+        self
+    }
+
     /// At most `limit` dead letters.
     pub fn limit(mut self, limit: usize) -> Self {
         self.limit = Some(limit);
         self
     }
 
-    fn matches(&self, letter: &DeadLetter) -> bool {
+    /// Whether `letter` passes the filters (not the limit). Stores that
+    /// cannot filter in their query language filter with this.
+    pub fn matches(&self, letter: &DeadLetter) -> bool {
         self.subscriber
             .as_deref()
             .is_none_or(|s| s == letter.subscriber)
@@ -101,6 +127,12 @@ impl DeadLetterQuery {
                 .event_type
                 .as_ref()
                 .is_none_or(|p| p.matches(letter.event.event_type()))
+            && self
+                .error
+                .as_deref()
+                .is_none_or(|text| letter.errors.iter().any(|e| e.message.contains(text)))
+            && self.failed_since.is_none_or(|t| letter.last_failed_at >= t)
+            && self.failed_until.is_none_or(|t| letter.last_failed_at < t)
     }
 }
 

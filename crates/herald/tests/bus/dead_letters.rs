@@ -192,3 +192,46 @@ async fn retrying_a_dead_letter_of_a_removed_subscriber_is_an_error() {
     // The dead letter stays.
     assert!(bus.dead_letter(id).await.is_ok());
 }
+
+#[tokio::test]
+async fn dead_letters_can_be_retried_in_bulk_by_query() {
+    let bus = Bus::new();
+    let fixed = Arc::new(AtomicBool::new(false));
+    let seen = Seen::default();
+    bus.subscribe(Subscriber::new("a", broken_until(fixed.clone(), seen.clone())).topic("#"))
+        .unwrap();
+    bus.subscribe(
+        Subscriber::new(
+            "b",
+            handler_fn(|_, _| async { Err(HandlerError::dead_letter("always")) }),
+        )
+        .topic("#"),
+    )
+    .unwrap();
+    for _ in 0..3 {
+        bus.publish("order.created", json!({})).await.unwrap();
+    }
+    assert_eq!(
+        bus.dead_letters(&Default::default()).await.unwrap().len(),
+        6
+    );
+    fixed.store(true, Ordering::SeqCst);
+    let outcomes = bus
+        .retry_dead_letters(&DeadLetterQuery::default().subscriber("a"))
+        .await
+        .unwrap();
+    assert_eq!(outcomes.len(), 3);
+    assert!(
+        outcomes
+            .iter()
+            .all(|(_, o)| matches!(o, Ok(RetryOutcome::Handled)))
+    );
+    let left = bus.dead_letters(&Default::default()).await.unwrap();
+    assert_eq!(left.len(), 3);
+    assert!(left.iter().all(|l| l.subscriber == "b"));
+    let by_error = bus
+        .dead_letters(&DeadLetterQuery::default().error("always"))
+        .await
+        .unwrap();
+    assert_eq!(by_error.len(), 3);
+}

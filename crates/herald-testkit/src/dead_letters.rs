@@ -1,0 +1,266 @@
+//! The [`DeadLetterStore`] conformance suite.
+//!
+//! Run it with [`dead_letter_conformance!`](crate::dead_letter_conformance).
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use herald::{
+    AttemptError, DeadLetterQuery, DeadLetterStore, ErrorKind, EventId, EventType, Metadata,
+    NewDeadLetter, Payload, RecordedEvent, RecordedParts, TopicPattern,
+};
+use serde_json::json;
+
+/// Turns the scenarios into one test each, for dead-letter stores made by
+/// `$factory` (an `async fn() -> impl DeadLetterStore`, empty and of the
+/// test's own).
+#[macro_export]
+macro_rules! dead_letter_conformance {
+    ($factory:path) => {
+        $crate::__dead_letter_scenarios!(
+            $factory;
+            records_a_dead_letter_with_its_event_attempts_errors_and_times,
+            updates_the_dead_letter_of_the_same_subscriber_and_event_instead_of_copying,
+            keeps_one_dead_letter_per_subscriber_for_the_same_event,
+            lists_oldest_first_with_filters_and_a_limit,
+            gets_and_removes_dead_letters,
+        );
+    };
+}
+
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __dead_letter_scenarios {
+    ($factory:path; $($name:ident),* $(,)?) => {
+        $(
+            #[::tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                $crate::dead_letters::$name($factory().await).await;
+            }
+        )*
+    };
+}
+
+fn event(event_type: &str, n: u64) -> RecordedEvent {
+    RecordedEvent::from_parts(RecordedParts {
+        id: EventId::new(),
+        event_type: EventType::new(event_type).expect("a valid type"),
+        stream: Some("dead-letter-tests".into()),
+        version: Some(n),
+        position: Some(n + 1),
+        recorded_at: Utc::now(),
+        data: Payload::from(json!({ "n": n })),
+        metadata: Metadata::default(),
+        origin: None,
+    })
+}
+
+fn attempts(from: u32, messages: &[&str], at: DateTime<Utc>) -> Vec<AttemptError> {
+    messages
+        .iter()
+        .zip(from..)
+        .map(|(m, attempt)| AttemptError {
+            attempt,
+            message: (*m).to_owned(),
+            kind: ErrorKind::Handler,
+            at: at + chrono::Duration::milliseconds(i64::from(attempt)),
+        })
+        .collect()
+}
+
+fn letter(subscriber: &str, event: &RecordedEvent, errors: Vec<AttemptError>) -> NewDeadLetter {
+    NewDeadLetter {
+        subscriber: subscriber.to_owned(),
+        event: event.clone(),
+        reason: errors.last().map(|e| e.message.clone()).unwrap_or_default(),
+        errors,
+    }
+}
+
+/// A recorded dead letter keeps the event, the subscriber, the attempts,
+/// every error and the first and last failure times.
+pub async fn records_a_dead_letter_with_its_event_attempts_errors_and_times<D: DeadLetterStore>(
+    store: D,
+) {
+    let e = event("order.created", 1);
+    let t = Utc::now();
+    let recorded = store
+        .record(letter(
+            "mailer",
+            &e,
+            attempts(1, &["timeout", "timeout", "refused"], t),
+        ))
+        .await
+        .expect("record");
+    let got = store.get(recorded.id).await.expect("get").expect("stored");
+    assert_eq!(got, recorded);
+    assert_eq!(got.subscriber, "mailer");
+    assert_eq!(got.event, e);
+    assert_eq!(got.attempts, 3);
+    assert_eq!(got.reason, "refused");
+    assert_eq!(
+        got.errors
+            .iter()
+            .map(|a| a.message.as_str())
+            .collect::<Vec<_>>(),
+        ["timeout", "timeout", "refused"]
+    );
+    assert_eq!(got.first_failed_at, got.errors[0].at);
+    assert_eq!(got.last_failed_at, got.errors[2].at);
+}
+
+/// The same event failing again for the same subscriber updates its dead
+/// letter: attempts add up, errors append, the id stays.
+pub async fn updates_the_dead_letter_of_the_same_subscriber_and_event_instead_of_copying<
+    D: DeadLetterStore,
+>(
+    store: D,
+) {
+    let e = event("order.created", 2);
+    let t = Utc::now();
+    let first = store
+        .record(letter("billing", &e, attempts(1, &["a", "b"], t)))
+        .await
+        .expect("record");
+    let second = store
+        .record(letter(
+            "billing",
+            &e,
+            attempts(3, &["c"], t + chrono::Duration::seconds(5)),
+        ))
+        .await
+        .expect("record again");
+    assert_eq!(second.id, first.id);
+    assert_eq!(second.attempts, 3);
+    assert_eq!(second.reason, "c");
+    assert_eq!(
+        second.errors.iter().map(|a| a.attempt).collect::<Vec<_>>(),
+        [1, 2, 3]
+    );
+    assert_eq!(second.first_failed_at, first.first_failed_at);
+    assert!(second.last_failed_at > first.last_failed_at);
+    let all = store.list(&DeadLetterQuery::default()).await.expect("list");
+    assert_eq!(all.len(), 1);
+    assert_eq!(all[0], second);
+}
+
+/// Two subscribers failing on one event have a dead letter each.
+pub async fn keeps_one_dead_letter_per_subscriber_for_the_same_event<D: DeadLetterStore>(store: D) {
+    let e = event("order.created", 3);
+    let t = Utc::now();
+    let a = store
+        .record(letter("a", &e, attempts(1, &["x"], t)))
+        .await
+        .expect("record");
+    let b = store
+        .record(letter("b", &e, attempts(1, &["y"], t)))
+        .await
+        .expect("record");
+    assert_ne!(a.id, b.id);
+    assert_eq!(
+        store
+            .list(&DeadLetterQuery::default())
+            .await
+            .expect("list")
+            .len(),
+        2
+    );
+}
+
+/// Listing is oldest first and filters by subscriber, event type, error
+/// text and failure time.
+pub async fn lists_oldest_first_with_filters_and_a_limit<D: DeadLetterStore>(store: D) {
+    let t0 = Utc::now();
+    let mut ids = Vec::new();
+    for (i, (sub, ty, msg)) in [
+        ("mailer", "order.created", "smtp timeout"),
+        ("billing", "order.created", "card declined"),
+        ("mailer", "invoice.sent", "smtp refused"),
+        ("billing", "refund.issued", "ledger locked"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let at = t0 + chrono::Duration::seconds(i as i64 * 10);
+        let recorded = store
+            .record(letter(sub, &event(ty, i as u64), attempts(1, &[msg], at)))
+            .await
+            .expect("record");
+        ids.push(recorded.id);
+        // Dead letters are ordered by when they were first recorded.
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let list = |q: DeadLetterQuery| {
+        let store = &store;
+        async move {
+            store
+                .list(&q)
+                .await
+                .expect("list")
+                .iter()
+                .map(|l| l.id)
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(list(DeadLetterQuery::default()).await, ids);
+    assert_eq!(
+        list(DeadLetterQuery::default().subscriber("mailer")).await,
+        [ids[0], ids[2]]
+    );
+    assert_eq!(
+        list(DeadLetterQuery::default().event_type(TopicPattern::parse("order.*").unwrap())).await,
+        [ids[0], ids[1]]
+    );
+    assert_eq!(
+        list(DeadLetterQuery::default().error("smtp")).await,
+        [ids[0], ids[2]]
+    );
+    assert_eq!(
+        list(DeadLetterQuery::default().failed_between(
+            Some(t0 + chrono::Duration::seconds(10)),
+            Some(t0 + chrono::Duration::seconds(30)),
+        ))
+        .await,
+        [ids[1], ids[2]]
+    );
+    assert_eq!(list(DeadLetterQuery::default().limit(3)).await, ids[..3]);
+    assert_eq!(
+        list(
+            DeadLetterQuery::default()
+                .subscriber("billing")
+                .error("card")
+        )
+        .await,
+        [ids[1]]
+    );
+}
+
+/// `get` finds by id, `remove` returns the removed dead letter once.
+pub async fn gets_and_removes_dead_letters<D: DeadLetterStore>(store: D) {
+    let e = event("order.created", 4);
+    let t = Utc::now();
+    let recorded = store
+        .record(letter("s", &e, attempts(1, &["x"], t)))
+        .await
+        .expect("record");
+    assert!(
+        store
+            .get(EventId::new().into())
+            .await
+            .expect("get")
+            .is_none()
+    );
+    assert_eq!(
+        store.remove(recorded.id).await.expect("remove"),
+        Some(recorded.clone())
+    );
+    assert_eq!(store.remove(recorded.id).await.expect("remove again"), None);
+    assert!(store.get(recorded.id).await.expect("get").is_none());
+    // After a removal, the same event failing again makes a new dead letter.
+    let again = store
+        .record(letter("s", &e, attempts(1, &["y"], t)))
+        .await
+        .expect("record");
+    assert_ne!(again.id, recorded.id);
+    assert_eq!(again.attempts, 1);
+}
