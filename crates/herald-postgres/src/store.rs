@@ -215,7 +215,7 @@ impl PgStore {
         expected: ExpectedVersion,
         events: Vec<NewEvent>,
     ) -> Result<Appended, StoreError> {
-        let batch = Batch::new(events)?;
+        let batch = Batch::new(stream, events)?;
         let conn: &mut PgConnection = tx;
         let appended = self
             .inner
@@ -242,7 +242,7 @@ struct Batch {
 }
 
 impl Batch {
-    fn new(events: Vec<NewEvent>) -> Result<Self, StoreError> {
+    fn new(stream: &StreamName, events: Vec<NewEvent>) -> Result<Self, StoreError> {
         for event in &events {
             EventType::new(event.event_type())?;
         }
@@ -272,7 +272,7 @@ impl Batch {
             if event.id().is_some() && !seen.insert(*id) {
                 return Err(StoreError::DuplicateEvent {
                     id: EventId::from_uuid(*id),
-                    stream: placeholder_stream(),
+                    stream: stream.clone(),
                     detail: "it appears twice in this batch".to_owned(),
                 });
             }
@@ -282,24 +282,6 @@ impl Batch {
 
     fn len(&self) -> usize {
         self.events.len()
-    }
-}
-
-/// Stream names are filled in by the caller of [`Batch::new`]'s errors.
-fn placeholder_stream() -> StreamName {
-    StreamName::new("-").unwrap_or_else(|_| unreachable!("a valid name"))
-}
-
-/// Sets the stream of a [`StoreError::DuplicateEvent`] made before the
-/// stream was known.
-fn with_stream(error: StoreError, stream: &StreamName) -> StoreError {
-    match error {
-        StoreError::DuplicateEvent { id, detail, .. } => StoreError::DuplicateEvent {
-            id,
-            stream: stream.clone(),
-            detail,
-        },
-        other => other,
     }
 }
 
@@ -388,7 +370,7 @@ impl Inner {
             match self.try_append(conn, stream, expected, batch, retry).await {
                 Ok(Attempt::Done(appended)) => return Ok(appended),
                 Ok(Attempt::Again) => continue,
-                Err(e) => return Err(with_stream(e, stream)),
+                Err(e) => return Err(e),
             }
         }
         Err(StoreError::backend(format!(
@@ -663,25 +645,33 @@ impl Inner {
         loop {
             let before = self.watermark.settled();
             let issued = self.watermark.issue();
-            let rows = sqlx::query(&self.sql.read_all)
-                .bind(after)
-                .bind(batch)
-                .bind(&filter.exact[..])
-                .bind(&filter.regexes[..])
-                .bind(filter.since)
-                .bind(filter.until)
-                .fetch_all(&self.pool)
-                .await
-                .map_err(read)?;
-            let first = rows
-                .first()
-                .ok_or_else(|| StoreError::backend("read of the global log returned no row"))?;
+            let rows = if filter.is_empty() {
+                sqlx::query(&self.sql.read_all)
+                    .bind(after)
+                    .bind(batch)
+                    .fetch_all(&self.pool)
+                    .await
+            } else {
+                sqlx::query(&self.sql.read_all_filtered)
+                    .bind(after)
+                    .bind(batch)
+                    .bind(&filter.exact[..])
+                    .bind(&filter.regexes[..])
+                    .bind(filter.since)
+                    .bind(filter.until)
+                    .fetch_all(&self.pool)
+                    .await
+            }
+            .map_err(read)?;
+            let Some(first) = rows.first() else {
+                return Ok((Vec::new(), after, false));
+            };
             let settled = self
                 .watermark
                 .observe(issued, first.try_get(0).map_err(read)?);
             let positions = rows
                 .iter()
-                .map_while(|row| row.try_get::<Option<i64>, _>(3).transpose())
+                .map(|row| row.try_get::<i64, _>(2))
                 .collect::<Result<Vec<i64>, _>>()
                 .map_err(read)?;
             let count = settled_prefix(after, settled, positions.iter().copied());
@@ -701,11 +691,11 @@ impl Inner {
                 probed = true;
                 continue;
             }
-            let mut events = Vec::new();
+            let mut events = Vec::with_capacity(count);
+            let mut decoder = Decoder::default();
             for row in &rows[..count] {
-                let matched: Option<bool> = row.try_get(2).map_err(read)?;
-                if matched == Some(true) {
-                    events.push(RecordedEvent::from_parts(decode(row, 3)?));
+                if row.try_get::<bool, _>(1).map_err(read)? {
+                    events.push(RecordedEvent::from_parts(decoder.decode(row, 2)?));
                 }
             }
             let more = count == positions.len() && positions.len() as i64 == batch;
@@ -745,15 +735,15 @@ impl Inner {
                 .fetch_all(&self.pool)
                 .await
                 .map_err(read)?;
-            let first = rows
-                .first()
-                .ok_or_else(|| StoreError::backend("read of the head returned no row"))?;
+            let Some(first) = rows.first() else {
+                return Ok(after.max(self.watermark.settled()) as u64);
+            };
             let settled = self
                 .watermark
                 .observe(issued, first.try_get(0).map_err(read)?);
             let positions = rows
                 .iter()
-                .map_while(|row| row.try_get::<Option<i64>, _>(1).transpose())
+                .map(|row| row.try_get::<i64, _>(1))
                 .collect::<Result<Vec<i64>, _>>()
                 .map_err(read)?;
             let count = settled_prefix(after, settled, positions.iter().copied());
@@ -790,6 +780,13 @@ struct Filter {
 }
 
 impl Filter {
+    fn is_empty(&self) -> bool {
+        self.exact.is_empty()
+            && self.regexes.is_empty()
+            && self.since.is_none()
+            && self.until.is_none()
+    }
+
     fn new(query: &ReadAll) -> Self {
         let (exact, wild): (Vec<_>, Vec<_>) = query.topics.iter().partition(|t| t.is_exact());
         Self {
@@ -801,45 +798,80 @@ impl Filter {
     }
 }
 
-/// Reads an event from the ten columns starting at `base`: position, id,
-/// type, stream, version, recorded_at, data, correlation_id, causation_id,
-/// headers.
+/// Reads events from rows, sharing the names of types and streams that
+/// repeat (a batch of the log holds few of them) instead of allocating and
+/// validating each again.
+#[derive(Default)]
+struct Decoder {
+    types: Vec<EventType>,
+    stream: Option<Arc<str>>,
+}
+
+impl Decoder {
+    /// Reads an event from the ten columns starting at `base`: position, id,
+    /// type, stream, version, recorded_at, data, correlation_id,
+    /// causation_id, headers.
+    fn decode(&mut self, row: &PgRow, base: usize) -> Result<RecordedParts, StoreError> {
+        let read = |e| backend("decode an event")(e);
+        let position: i64 = row.try_get(base).map_err(read)?;
+        let id: Uuid = row.try_get(base + 1).map_err(read)?;
+        let event_type: &str = row.try_get(base + 2).map_err(read)?;
+        let stream: &str = row.try_get(base + 3).map_err(read)?;
+        let version: i64 = row.try_get(base + 4).map_err(read)?;
+        let recorded_at: DateTime<Utc> = row.try_get(base + 5).map_err(read)?;
+        let data: &str = row.try_get(base + 6).map_err(read)?;
+        let correlation_id: Uuid = row.try_get(base + 7).map_err(read)?;
+        let causation_id: Option<Uuid> = row.try_get(base + 8).map_err(read)?;
+        let headers: Option<&str> = row.try_get(base + 9).map_err(read)?;
+        let corrupt = |what: &str, e: &dyn std::fmt::Display| {
+            StoreError::backend(format!(
+                "stored event at position {position} has {what}: {e}"
+            ))
+        };
+        let headers: BTreeMap<String, String> = match headers {
+            Some(text) => serde_json::from_str(text).map_err(|e| corrupt("bad headers", &e))?,
+            None => BTreeMap::new(),
+        };
+        let event_type = match self.types.iter().find(|t| t.as_str() == event_type) {
+            Some(known) => known.clone(),
+            None => {
+                let parsed = EventType::new(event_type).map_err(|e| corrupt("a bad type", &e))?;
+                if self.types.len() < 16 {
+                    self.types.push(parsed.clone());
+                }
+                parsed
+            }
+        };
+        let stream = match &self.stream {
+            Some(last) if **last == *stream => Arc::clone(last),
+            _ => {
+                let name: Arc<str> = Arc::from(stream);
+                self.stream = Some(Arc::clone(&name));
+                name
+            }
+        };
+        Ok(RecordedParts {
+            id: EventId::from_uuid(id),
+            event_type,
+            stream: Some(stream),
+            version: Some(version as u64),
+            position: Some(position as u64),
+            recorded_at,
+            data: Payload::from_json(Bytes::copy_from_slice(data.as_bytes()))
+                .map_err(|e| corrupt("bad data", &e))?,
+            metadata: Metadata {
+                correlation_id: Some(correlation_id),
+                causation_id,
+                headers,
+            },
+            origin: None,
+        })
+    }
+}
+
+/// Reads one event (see [`Decoder::decode`]).
 fn decode(row: &PgRow, base: usize) -> Result<RecordedParts, StoreError> {
-    let read = |e| backend("decode an event")(e);
-    let position: i64 = row.try_get(base).map_err(read)?;
-    let id: Uuid = row.try_get(base + 1).map_err(read)?;
-    let event_type: String = row.try_get(base + 2).map_err(read)?;
-    let stream: String = row.try_get(base + 3).map_err(read)?;
-    let version: i64 = row.try_get(base + 4).map_err(read)?;
-    let recorded_at: DateTime<Utc> = row.try_get(base + 5).map_err(read)?;
-    let data: String = row.try_get(base + 6).map_err(read)?;
-    let correlation_id: Uuid = row.try_get(base + 7).map_err(read)?;
-    let causation_id: Option<Uuid> = row.try_get(base + 8).map_err(read)?;
-    let headers: Option<String> = row.try_get(base + 9).map_err(read)?;
-    let corrupt = |what: &str, e: &dyn std::fmt::Display| {
-        StoreError::backend(format!(
-            "stored event at position {position} has {what}: {e}"
-        ))
-    };
-    let headers: BTreeMap<String, String> = match headers {
-        Some(text) => serde_json::from_str(&text).map_err(|e| corrupt("bad headers", &e))?,
-        None => BTreeMap::new(),
-    };
-    Ok(RecordedParts {
-        id: EventId::from_uuid(id),
-        event_type: EventType::new(&event_type).map_err(|e| corrupt("a bad type", &e))?,
-        stream: Some(Arc::from(stream)),
-        version: Some(version as u64),
-        position: Some(position as u64),
-        recorded_at,
-        data: Payload::from_json(Bytes::from(data)).map_err(|e| corrupt("bad data", &e))?,
-        metadata: Metadata {
-            correlation_id: Some(correlation_id),
-            causation_id,
-            headers,
-        },
-        origin: None,
-    })
+    Decoder::default().decode(row, base)
 }
 
 /// Reads a stream entry: `at` (the version in the stream read), `linked`,
@@ -882,7 +914,7 @@ impl EventStore for PgStore {
         expected: ExpectedVersion,
         events: Vec<NewEvent>,
     ) -> Result<Appended, StoreError> {
-        let batch = Batch::new(events).map_err(|e| with_stream(e, stream))?;
+        let batch = Batch::new(stream, events)?;
         let mut conn = self
             .inner
             .pool
@@ -965,7 +997,14 @@ impl EventStore for PgStore {
                 if done || sent >= limit {
                     return None;
                 }
-                match inner.read_batch(after, batch, &filter).await {
+                // Without filters every row is an event to yield: fetch no
+                // more than the limit leaves.
+                let fetch = if filter.is_empty() {
+                    batch.min((limit - sent).min(i64::MAX as usize) as i64)
+                } else {
+                    batch
+                };
+                match inner.read_batch(after, fetch, &filter).await {
                     Ok((events, last, more)) => {
                         let events: Vec<_> =
                             events.into_iter().take(limit - sent).map(Ok).collect();

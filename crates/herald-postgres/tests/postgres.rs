@@ -498,3 +498,60 @@ async fn an_invalid_config_is_refused_before_connecting() {
         .unwrap_err();
     assert!(matches!(err, ConnectError::Config(_)), "{err:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn topic_filters_in_sql_match_as_topic_patterns_do() {
+    use herald::TopicPattern;
+    let store = support::store().await;
+    let types = [
+        "a",
+        "a.b",
+        "a.x.b",
+        "a.x.y.b",
+        "a.x.y",
+        "b",
+        "x.a.b",
+        "order.created",
+        "shop.order.created",
+        "order-x.created_1",
+        "created",
+    ];
+    store
+        .append(
+            &stream("types-1"),
+            ExpectedVersion::Any,
+            types
+                .iter()
+                .map(|t| NewEvent::new(*t, json!(null)))
+                .collect(),
+        )
+        .await
+        .unwrap();
+    for pattern in [
+        "a.#.b",
+        "a.#",
+        "#.b",
+        "#",
+        "*",
+        "*.created",
+        "order.*",
+        "a.*.b",
+        "#.created",
+        "order-x.created_1",
+        "a.b",
+    ] {
+        let topic = TopicPattern::parse(pattern).unwrap();
+        let got: Vec<String> = store
+            .read_all(ReadAll::after(0).topic(topic.clone()))
+            .map_ok(|e| e.event_type().to_owned())
+            .try_collect()
+            .await
+            .unwrap();
+        let want: Vec<String> = types
+            .iter()
+            .filter(|t| topic.matches(t))
+            .map(|t| (*t).to_owned())
+            .collect();
+        assert_eq!(got, want, "pattern {pattern}");
+    }
+}
