@@ -75,6 +75,10 @@ struct Inner {
 
 impl Drop for Inner {
     fn drop(&mut self) {
+        // Readers close first, so that the writer's connection is the last
+        // one and SQLite checkpoints and removes the `-wal` file as it
+        // closes.
+        drop(std::mem::replace(&mut self.readers, Readers::empty()));
         self.commands = None;
         if let Some(writer) = self.writer.take() {
             let _ = writer.join();

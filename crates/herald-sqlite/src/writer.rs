@@ -142,6 +142,8 @@ impl Writer {
         }
         conn.pragma_update(None, "synchronous", config.synchronous.pragma())
             .map_err(database)?;
+        conn.pragma_update(None, "wal_autocheckpoint", config.checkpoint_pages)
+            .map_err(database)?;
         schema::migrate(&mut conn, &config.path)?;
         let head = conn
             .query_row(HEAD, [], |row| row.get::<_, i64>(0))

@@ -63,6 +63,11 @@ async fn history_head_and_checkpoints_survive_reopening_and_positions_are_never_
         store.save("audit", 3).await.unwrap();
         store.reset("audit").await.unwrap();
     }
+    let wal = dir.path().join("events.db-wal");
+    assert!(
+        !wal.exists(),
+        "closing the store checkpoints and removes the WAL"
+    );
     let store = SqliteStore::open(config).await.unwrap();
     assert_eq!(store.load("mailer").await.unwrap(), Some(2));
     assert_eq!(store.load("billing").await.unwrap(), Some(3));
