@@ -110,6 +110,11 @@
 //! a write into the OS's cache; choose `Full` where the last moments before
 //! a power loss matter.
 //!
+//! With either setting, a checkpoint (copying the WAL back into the database
+//! file, and syncing it) runs in the commit that makes the WAL pass
+//! [`SqliteConfig::checkpoint_pages`] pages, so one append in many pays for
+//! it.
+//!
 //! # Capabilities
 //!
 //! | capability | | |
