@@ -155,9 +155,22 @@ fn publish_inline(c: &mut Criterion) {
         b.iter_custom(|iters| time_publishes(&rt, &closure, &payload, iters));
     });
 
-    let many = ten_of_hundred(&rt);
+    let many = ten_of_hundred(&rt, false);
     group.bench_function("inline_10_of_100", |b| {
         b.iter_custom(|iters| time_publishes(&rt, &many, &payload, iters));
+    });
+
+    // The same with sync handlers, which the bus calls directly.
+    let sync_one = Bus::new();
+    sync_one
+        .subscribe(Subscriber::new_sync("noop", noop_sync).topic(EVENT_TYPE))
+        .expect("subscribes");
+    group.bench_function("inline_1_sync_noop", |b| {
+        b.iter_custom(|iters| time_publishes(&rt, &sync_one, &payload, iters));
+    });
+    let sync_many = ten_of_hundred(&rt, true);
+    group.bench_function("inline_10_of_100_sync", |b| {
+        b.iter_custom(|iters| time_publishes(&rt, &sync_many, &payload, iters));
     });
 
     let event = order();
@@ -176,9 +189,23 @@ fn publish_inline(c: &mut Criterion) {
     group.finish();
 }
 
+/// A sync handler that does nothing.
+fn noop_sync(_event: &RecordedEvent, _ctx: &Context) -> HandlerResult {
+    Ok(())
+}
+
+/// A subscriber doing nothing, async or sync.
+fn noop_subscriber(name: String, sync: bool) -> Subscriber {
+    if sync {
+        Subscriber::new_sync(name, noop_sync)
+    } else {
+        Subscriber::new(name, Noop)
+    }
+}
+
 /// A bus with 100 inline no-op subscribers, 10 of which match
 /// `order.created`.
-fn ten_of_hundred(rt: &Runtime) -> Bus {
+fn ten_of_hundred(rt: &Runtime, sync: bool) -> Bus {
     const MATCHING: [&str; 10] = [
         "order.created",
         "order.*",
@@ -202,11 +229,11 @@ fn ten_of_hundred(rt: &Runtime) -> Bus {
                 1 => format!("svc{svc}.*"),
                 _ => format!("svc{svc}.#"),
             };
-            bus.subscribe(Subscriber::new(format!("other-{svc}"), Noop).topic(pattern_of_svc))
+            bus.subscribe(noop_subscriber(format!("other-{svc}"), sync).topic(pattern_of_svc))
                 .expect("subscribes");
             subscribed += 1;
         }
-        bus.subscribe(Subscriber::new(format!("match-{i}"), Noop).topic(*pattern))
+        bus.subscribe(noop_subscriber(format!("match-{i}"), sync).topic(*pattern))
             .expect("subscribes");
         subscribed += 1;
     }

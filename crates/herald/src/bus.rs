@@ -24,13 +24,13 @@ use crate::error::{
     AttemptError, DeadLetterError, PublishError, SubscribeError, UnknownSubscriber,
 };
 use crate::event::{Event, Metadata, NewEvent, Payload, RecordedEvent, RecordedParts};
-use crate::handler::{BoxHandler, Context, ContextShared, Handler};
+use crate::handler::{BoxHandler, Context, ContextShared, Handler, SyncAdapter, SyncHandler};
 use crate::id::{self, EventId};
-use crate::middleware::panic_message;
 use crate::middleware::{
     CatchPanic, DeadLetterLayer, Either, IdempotencyLayer, Layer, Ledger, RetryLayer, RetryPolicy,
     TimeoutLayer, Tracing, optional,
 };
+use crate::middleware::{delivery_span, panic_message, park};
 use crate::store::{CheckpointStore, EventStore, ExpectedVersion, ReadAll, StoreError, StreamName};
 use crate::topic::{EventType, TopicPattern};
 use crate::{Disposition, HandlerError};
@@ -130,6 +130,7 @@ pub struct Subscriber {
     start_from: StartFrom,
     batch_size: usize,
     poll_interval: Duration,
+    sync: Option<Arc<dyn SyncHandler>>,
     build: Box<dyn FnOnce(StackParts) -> BoxHandler + Send>,
 }
 
@@ -188,8 +189,20 @@ impl Subscriber {
             start_from: StartFrom::Beginning,
             batch_size: 500,
             poll_interval: Duration::from_secs(1),
+            sync: None,
             build: Box::new(move |parts| build_stack(handler, parts)),
         }
+    }
+
+    /// A subscriber named `name` running a [`SyncHandler`]: one that
+    /// finishes without awaiting. With no retry policy, timeout, ledger or
+    /// layers, it is called directly, without a future or an allocation;
+    /// otherwise it runs in the ordinary stack.
+    pub fn new_sync<H: SyncHandler>(name: impl Into<String>, handler: H) -> Self {
+        let handler = Arc::new(handler);
+        let mut sub = Self::new(name, SyncAdapter(Arc::clone(&handler)));
+        sub.sync = Some(handler);
+        sub
     }
 
     /// Adds a topic pattern (`order.created`, `order.*`, `order.#`, `#`).
@@ -345,6 +358,9 @@ pub struct SubscriberInfo {
 struct Core {
     name: Arc<str>,
     handler: BoxHandler,
+    /// The sync handler to call directly, when the stack around it would do
+    /// nothing on success (see [`Subscriber::new_sync`]).
+    fast: Option<Arc<dyn SyncHandler>>,
     ctx: Arc<ContextShared>,
     state: AtomicU8,
     stop_reason: Mutex<Option<String>>,
@@ -461,11 +477,39 @@ impl Core {
         }
     }
 
+    /// The direct path of a sync handler: the tracing span, the call with
+    /// panics caught, and on failure the dead letters, as the stack would.
+    async fn run_sync(
+        &self,
+        handler: &dyn SyncHandler,
+        event: &RecordedEvent,
+        ctx: &Context,
+    ) -> Result<(), HandlerError> {
+        let call = || {
+            std::panic::catch_unwind(AssertUnwindSafe(|| handler.handle(event, ctx)))
+                .unwrap_or_else(|panic| Err(HandlerError::panic(panic_message(&*panic))))
+        };
+        let span = delivery_span(event, ctx);
+        let result = if span.is_disabled() {
+            call()
+        } else {
+            span.in_scope(call)
+        };
+        match (result, &self.dead_letters) {
+            (Err(err), Some(store)) => Box::pin(park(&**store, event, ctx, err)).await,
+            (result, _) => result,
+        }
+    }
+
     /// Delivers one event, records the outcome and logs failures. Returns an
     /// error only for a subscriber that propagates its errors.
     async fn deliver(&self, event: &RecordedEvent) -> Result<(), HandlerError> {
         let ctx = Context::for_delivery(&self.ctx, event);
-        match self.run(event, &ctx).await {
+        let result = match &self.fast {
+            Some(handler) => self.run_sync(&**handler, event, &ctx).await,
+            None => self.run(event, &ctx).await,
+        };
+        match result {
             Ok(()) => {
                 self.handled.fetch_add(1, Ordering::Relaxed);
                 Ok(())
@@ -1250,6 +1294,15 @@ impl BusInner {
         } else {
             self.dead_letters.clone()
         };
+        // The direct path skips the stack, so only when the stack would do
+        // nothing but trace, catch panics and dead-letter.
+        let fast = sub.sync.filter(|_| {
+            retry.is_none()
+                && sub.timeout.is_none()
+                && sub.ledger.is_none()
+                && sub.layers.is_empty()
+                && self.layers.is_empty()
+        });
         let handler = (sub.build)(StackParts {
             retry,
             timeout: sub.timeout.map(TimeoutLayer::new),
@@ -1262,6 +1315,7 @@ impl BusInner {
         let core = Arc::new(Core {
             name: Arc::clone(&name),
             handler,
+            fast,
             ctx: Arc::new(ContextShared {
                 subscriber: name,
                 bus: self.this.clone(),

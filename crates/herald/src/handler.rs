@@ -105,6 +105,68 @@ impl<H: Handler> Handler for Arc<H> {
     }
 }
 
+/// A handler that finishes without awaiting anything: updating an
+/// in-memory projection, counting, logging.
+///
+/// Subscribe one with [`Subscriber::new_sync`](crate::Subscriber::new_sync).
+/// An inline sync subscriber with no retry policy, timeout, ledger or layers
+/// of its own (and no bus-wide layers) is called directly, with no future
+/// and no allocation; its failures go through the same isolation, logging
+/// and dead letters as any subscriber's. With any of those, it runs in the
+/// ordinary middleware stack. Closures `Fn(&RecordedEvent, &Context) ->
+/// HandlerResult` are sync handlers.
+///
+/// It must not block: it runs on the publisher's task.
+///
+/// # Examples
+///
+/// ```
+/// use herald::{Bus, Context, RecordedEvent, Subscriber};
+/// use std::sync::atomic::{AtomicU64, Ordering};
+/// use std::sync::Arc;
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// let bus = Bus::new();
+/// let count = Arc::new(AtomicU64::new(0));
+/// let c = Arc::clone(&count);
+/// bus.subscribe(
+///     Subscriber::new_sync("count", move |_e: &RecordedEvent, _c: &Context| {
+///         c.fetch_add(1, Ordering::Relaxed);
+///         Ok(())
+///     })
+///     .topic("#"),
+/// ).unwrap();
+/// bus.publish("order.created", serde_json::json!({})).await.unwrap();
+/// assert_eq!(count.load(Ordering::Relaxed), 1);
+/// # }
+/// ```
+pub trait SyncHandler: Send + Sync + 'static {
+    /// Handles one event.
+    fn handle(&self, event: &RecordedEvent, ctx: &Context) -> HandlerResult;
+}
+
+impl<F> SyncHandler for F
+where
+    F: Fn(&RecordedEvent, &Context) -> HandlerResult + Send + Sync + 'static,
+{
+    fn handle(&self, event: &RecordedEvent, ctx: &Context) -> HandlerResult {
+        self(event, ctx)
+    }
+}
+
+/// A [`SyncHandler`] used where a [`Handler`] is expected.
+pub struct SyncAdapter<H: ?Sized>(pub(crate) Arc<H>);
+
+impl<H: SyncHandler + ?Sized> Handler for SyncAdapter<H> {
+    fn handle(
+        &self,
+        event: &RecordedEvent,
+        ctx: &Context,
+    ) -> impl Future<Output = HandlerResult> + Send {
+        std::future::ready(self.0.handle(event, ctx))
+    }
+}
+
 /// A handler made from a closure; see [`handler_fn`].
 #[derive(Clone)]
 pub struct HandlerFn<F> {

@@ -226,7 +226,8 @@ pub use crate::event::{
     RecordedParts, Typed,
 };
 pub use crate::handler::{
-    BoxFuture, BoxHandler, Context, Handler, HandlerFn, TypedFn, handler_fn, typed,
+    BoxFuture, BoxHandler, Context, Handler, HandlerFn, SyncAdapter, SyncHandler, TypedFn,
+    handler_fn, typed,
 };
 pub use crate::id::EventId;
 pub use crate::middleware::{Ledger, MemoryLedger, RetryPolicy};

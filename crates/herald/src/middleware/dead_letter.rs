@@ -60,54 +60,57 @@ impl<H: Handler> Handler for DeadLetters<H> {
             Ok(()) => Ok(()),
             Err(err) if err.disposition() == Disposition::Skip => Err(err),
             // Out of line and boxed: keeps the success path's future small.
-            Err(err) => Box::pin(self.park(event, ctx, err)).await,
+            Err(err) => Box::pin(park(&*self.store, event, ctx, err)).await,
         }
     }
 }
 
-impl<H: Handler> DeadLetters<H> {
-    async fn park(
-        &self,
-        event: &RecordedEvent,
-        ctx: &Context,
-        mut err: HandlerError,
-    ) -> HandlerResult {
-        let mut history = err.take_history();
-        if history.is_empty() {
-            history.push(AttemptError::new(ctx.attempt(), &err));
+/// Records a given-up event in `store`; returns the error, marked with the
+/// dead letter's id when the store took it. Skips are not parked.
+pub(crate) async fn park(
+    store: &dyn DeadLetterStore,
+    event: &RecordedEvent,
+    ctx: &Context,
+    mut err: HandlerError,
+) -> HandlerResult {
+    if err.disposition() == Disposition::Skip {
+        return Err(err);
+    }
+    let mut history = err.take_history();
+    if history.is_empty() {
+        history.push(AttemptError::new(ctx.attempt(), &err));
+    }
+    let attempt = history.last().map_or(ctx.attempt(), |a| a.attempt);
+    let letter = NewDeadLetter {
+        subscriber: ctx.subscriber().to_owned(),
+        event: event.clone(),
+        reason: err.to_string(),
+        errors: history.clone(),
+    };
+    match store.record(letter).await {
+        Ok(dead) => {
+            tracing::error!(
+                event_id = %event.id(),
+                event_type = event.event_type(),
+                subscriber = ctx.subscriber(),
+                attempt,
+                error = %err,
+                dead_letter_id = %dead.id,
+                "handler gave up, event dead-lettered"
+            );
+            Err(err.with_history(history).with_dead_letter(dead.id))
         }
-        let attempt = history.last().map_or(ctx.attempt(), |a| a.attempt);
-        let letter = NewDeadLetter {
-            subscriber: ctx.subscriber().to_owned(),
-            event: event.clone(),
-            reason: err.to_string(),
-            errors: history.clone(),
-        };
-        match self.store.record(letter).await {
-            Ok(dead) => {
-                tracing::error!(
-                    event_id = %event.id(),
-                    event_type = event.event_type(),
-                    subscriber = ctx.subscriber(),
-                    attempt,
-                    error = %err,
-                    dead_letter_id = %dead.id,
-                    "handler gave up, event dead-lettered"
-                );
-                Err(err.with_history(history).with_dead_letter(dead.id))
-            }
-            Err(store_err) => {
-                tracing::error!(
-                    event_id = %event.id(),
-                    event_type = event.event_type(),
-                    subscriber = ctx.subscriber(),
-                    attempt,
-                    error = %err,
-                    store_error = %store_err,
-                    "handler gave up and the dead-letter store failed"
-                );
-                Err(err.with_history(history))
-            }
+        Err(store_err) => {
+            tracing::error!(
+                event_id = %event.id(),
+                event_type = event.event_type(),
+                subscriber = ctx.subscriber(),
+                attempt,
+                error = %err,
+                store_error = %store_err,
+                "handler gave up and the dead-letter store failed"
+            );
+            Err(err.with_history(history))
         }
     }
 }

@@ -72,11 +72,13 @@ mod tracing;
 
 pub(crate) use self::catch_panic::panic_message;
 pub use self::catch_panic::{CatchPanic, CatchPanicLayer};
+pub(crate) use self::dead_letter::park;
 pub use self::dead_letter::{DeadLetterLayer, DeadLetters};
 pub use self::idempotency::{Idempotency, IdempotencyLayer, Ledger, MemoryLedger};
 pub use self::retry::{Backoff, Retry, RetryLayer, RetryPolicy};
 pub use self::timeout::{Timeout, TimeoutLayer};
 pub use self::tower::{Delivery, HandlerService, TowerHandler, TowerLayer};
+pub(crate) use self::tracing::delivery_span;
 pub use self::tracing::{Tracing, TracingLayer};
 
 /// One of two handlers: what an `Option<Layer>` makes.

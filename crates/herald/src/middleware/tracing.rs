@@ -62,18 +62,23 @@ impl<H: Handler> Handler for Tracing<H> {
         event: &RecordedEvent,
         ctx: &Context,
     ) -> impl Future<Output = HandlerResult> + Send {
-        let span = tracing::debug_span!(
-            "herald.deliver",
-            event_id = %event.id(),
-            event_type = event.event_type(),
-            subscriber = ctx.subscriber(),
-            correlation_id = %event.correlation_id(),
-            attempt = ctx.attempt(),
-        );
+        let span = delivery_span(event, ctx);
         if span.is_disabled() {
             Either::Left(self.inner.handle(event, ctx))
         } else {
             Either::Right(self.inner.handle(event, ctx).instrument(span))
         }
     }
+}
+
+/// The span of one delivery (see [`Tracing`]).
+pub(crate) fn delivery_span(event: &RecordedEvent, ctx: &Context) -> tracing::Span {
+    tracing::debug_span!(
+        "herald.deliver",
+        event_id = %event.id(),
+        event_type = event.event_type(),
+        subscriber = ctx.subscriber(),
+        correlation_id = %event.correlation_id(),
+        attempt = ctx.attempt(),
+    )
 }

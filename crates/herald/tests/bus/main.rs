@@ -7,3 +7,4 @@ mod middleware;
 mod publish;
 mod recorder;
 mod support;
+mod sync_handlers;
