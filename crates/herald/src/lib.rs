@@ -124,6 +124,10 @@
 //! # }
 //! ```
 //!
+//! A handler that never awaits (an in-memory projection, a counter) can be a
+//! [`SyncHandler`], subscribed with [`Subscriber::new_sync`]: the bus then
+//! calls it directly, without a future or an allocation per delivery.
+//!
 //! ## Failures, retries and dead letters
 //!
 //! A failing or panicking subscriber never fails `publish` and never stops
