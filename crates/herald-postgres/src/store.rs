@@ -811,18 +811,23 @@ impl Decoder {
     /// Reads an event from the ten columns starting at `base`: position, id,
     /// type, stream, version, recorded_at, data, correlation_id,
     /// causation_id, headers.
+    ///
+    /// The columns' types are those of the store's own queries, so their
+    /// checks are skipped (a mismatch would still fail to decode).
     fn decode(&mut self, row: &PgRow, base: usize) -> Result<RecordedParts, StoreError> {
         let read = |e| backend("decode an event")(e);
-        let position: i64 = row.try_get(base).map_err(read)?;
-        let id: Uuid = row.try_get(base + 1).map_err(read)?;
-        let event_type: &str = row.try_get(base + 2).map_err(read)?;
-        let stream: &str = row.try_get(base + 3).map_err(read)?;
-        let version: i64 = row.try_get(base + 4).map_err(read)?;
-        let recorded_at: DateTime<Utc> = row.try_get(base + 5).map_err(read)?;
-        let data: &str = row.try_get(base + 6).map_err(read)?;
-        let correlation_id: Uuid = row.try_get(base + 7).map_err(read)?;
-        let causation_id: Option<Uuid> = row.try_get(base + 8).map_err(read)?;
-        let headers: Option<&str> = row.try_get(base + 9).map_err(read)?;
+        // The columns' types are those of the store's own queries, so the
+        // type checks are skipped; a mismatch would still fail to decode.
+        let position: i64 = row.try_get_unchecked(base).map_err(read)?;
+        let id: Uuid = row.try_get_unchecked(base + 1).map_err(read)?;
+        let event_type: &str = row.try_get_unchecked(base + 2).map_err(read)?;
+        let stream: &str = row.try_get_unchecked(base + 3).map_err(read)?;
+        let version: i64 = row.try_get_unchecked(base + 4).map_err(read)?;
+        let recorded_at: DateTime<Utc> = row.try_get_unchecked(base + 5).map_err(read)?;
+        let data: &str = row.try_get_unchecked(base + 6).map_err(read)?;
+        let correlation_id: Uuid = row.try_get_unchecked(base + 7).map_err(read)?;
+        let causation_id: Option<Uuid> = row.try_get_unchecked(base + 8).map_err(read)?;
+        let headers: Option<&str> = row.try_get_unchecked(base + 9).map_err(read)?;
         let corrupt = |what: &str, e: &dyn std::fmt::Display| {
             StoreError::backend(format!(
                 "stored event at position {position} has {what}: {e}"
