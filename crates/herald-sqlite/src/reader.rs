@@ -24,7 +24,7 @@ pub(crate) struct Readers {
 }
 
 impl Readers {
-    /// No threads: every read fails. A placeholder while opening.
+    /// No threads: every read fails. Stands in while opening and closing.
     pub(crate) fn empty() -> Self {
         Self {
             jobs: None,
