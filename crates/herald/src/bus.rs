@@ -477,6 +477,15 @@ impl Core {
         }
     }
 
+    /// Runs the subscriber on one event: directly for a sync handler on the
+    /// direct path, else through its stack.
+    async fn attempt(&self, event: &RecordedEvent, ctx: &Context) -> Result<(), HandlerError> {
+        match &self.fast {
+            Some(handler) => self.run_sync(&**handler, event, ctx).await,
+            None => self.run(event, ctx).await,
+        }
+    }
+
     /// The direct path of a sync handler: the tracing span, the call with
     /// panics caught, and on failure the dead letters, as the stack would.
     async fn run_sync(
@@ -505,11 +514,7 @@ impl Core {
     /// error only for a subscriber that propagates its errors.
     async fn deliver(&self, event: &RecordedEvent) -> Result<(), HandlerError> {
         let ctx = Context::for_delivery(&self.ctx, event);
-        let result = match &self.fast {
-            Some(handler) => self.run_sync(&**handler, event, &ctx).await,
-            None => self.run(event, &ctx).await,
-        };
-        match result {
+        match self.attempt(event, &ctx).await {
             Ok(()) => {
                 self.handled.fetch_add(1, Ordering::Relaxed);
                 Ok(())
@@ -608,7 +613,7 @@ impl Deliver for Core {
 
     async fn deliver_durable(&self, event: &RecordedEvent) -> Settled {
         let ctx = Context::for_delivery(&self.ctx, event);
-        match self.run(event, &ctx).await {
+        match self.attempt(event, &ctx).await {
             Ok(()) => {
                 self.handled.fetch_add(1, Ordering::Relaxed);
                 Settled::Done
@@ -1052,7 +1057,7 @@ impl Bus {
             })?;
         let ctx = Context::for_delivery(&core.ctx, &letter.event)
             .with_attempt(letter.attempts.saturating_add(1));
-        match core.run(&letter.event, &ctx).await {
+        match core.attempt(&letter.event, &ctx).await {
             Ok(()) => {
                 core.handled.fetch_add(1, Ordering::Relaxed);
                 store.remove(id).await?;
