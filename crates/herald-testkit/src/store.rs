@@ -39,6 +39,7 @@ macro_rules! store_conformance {
             filters_the_global_log_by_topic_and_time,
             links_events_into_another_stream_without_copying,
             linking_an_unknown_event_fails_and_writes_nothing,
+            an_event_linked_into_its_own_stream_reads_as_a_link,
             reports_stream_info,
             lists_streams_by_name_with_paging_and_prefix,
             deletes_a_stream_and_its_events_everywhere,
@@ -616,6 +617,30 @@ pub async fn links_events_into_another_stream_without_copying<S: EventStore>(sto
             .await,
         Err(StoreError::WrongExpectedVersion { .. })
     ));
+}
+
+/// An event linked into the stream it was appended to appears twice there:
+/// once as itself, once as a link at the next version.
+pub async fn an_event_linked_into_its_own_stream_reads_as_a_link<S: EventStore>(store: S) {
+    let s = stream("self-link-1");
+    let a = store
+        .append(&s, ExpectedVersion::Any, vec![event("note.added", 1)])
+        .await
+        .unwrap();
+    store
+        .link(&s, ExpectedVersion::Exact(0), &[a.events[0].id])
+        .await
+        .unwrap();
+    let read = store.read_stream(&s, ReadStream::forward()).await.unwrap();
+    assert_eq!(read.len(), 2);
+    assert_eq!(
+        (read[0].version(), read[0].origin.as_ref()),
+        (Some(0), None)
+    );
+    assert_eq!(read[1].id(), a.events[0].id);
+    assert_eq!(read[1].version(), Some(1));
+    let origin = read[1].origin.as_ref().expect("the second is a link");
+    assert_eq!((&*origin.stream, origin.version), ("self-link-1", 0));
 }
 
 /// Linking an id the store does not hold fails, and links nothing.

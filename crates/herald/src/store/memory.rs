@@ -195,7 +195,9 @@ impl State {
         position: u64,
     ) -> Option<RecordedEvent> {
         let event = self.log.get(&position)?;
-        if event.stream() == Some(stream.as_str()) {
+        // An event linked into its own stream is a link there, at another
+        // version.
+        if event.stream() == Some(stream.as_str()) && event.version() == Some(version) {
             return Some(event.clone());
         }
         let mut parts = event.clone().into_parts();

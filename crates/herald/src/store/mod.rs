@@ -666,8 +666,11 @@ pub trait EventStore: Send + Sync + 'static {
     /// when nothing was appended). Deleting a stream does not lower it.
     async fn head(&self) -> Result<u64, StoreError>;
 
-    /// A receiver of the head position, updated on each append, for stores
-    /// that can wake subscribers at once; `None` when subscribers must poll.
+    /// A receiver of the head position, for stores that can wake
+    /// subscribers at once; `None` when subscribers must poll. It follows at
+    /// least the appends made through this handle; whether it also sees
+    /// other processes' appends depends on the backend (PostgreSQL's
+    /// notifications do, an embedded store's in-process channel does not).
     fn watch_head(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
         None
     }
