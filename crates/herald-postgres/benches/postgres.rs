@@ -246,7 +246,7 @@ fn read_all(c: &mut Criterion, rt: &Runtime, setup: &Setup) {
     group.throughput(Throughput::Elements(READ as u64));
     group.sample_size(20);
     group.measurement_time(Duration::from_secs(10));
-    for batch_size in [512, 2048] {
+    for batch_size in [512, 2048, 8192] {
         group.bench_function(format!("herald_batch_{batch_size}"), |b| {
             b.to_async(rt).iter(|| async {
                 let n = setup

@@ -49,7 +49,7 @@ pub struct PgConfig {
     /// append). Default 1 s.
     pub poll_interval: Duration,
     /// How many rows [`read_all`](herald::store::EventStore::read_all)
-    /// fetches per round trip unless the query says otherwise. Default 1024.
+    /// fetches per round trip unless the query says otherwise. Default 2048.
     pub read_batch_size: usize,
 }
 
@@ -63,7 +63,7 @@ impl Default for PgConfig {
             migrate: true,
             notify: true,
             poll_interval: Duration::from_secs(1),
-            read_batch_size: 1024,
+            read_batch_size: 2048,
         }
     }
 }

@@ -171,6 +171,7 @@
 mod config;
 mod error;
 mod listener;
+mod log;
 mod migrate;
 mod sql;
 mod store;

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
-use futures_util::stream::{self, BoxStream, StreamExt};
+use futures_util::stream::{BoxStream, StreamExt};
 use herald::store::{
     Appended, AppendedEvent, Capabilities, Direction, EventStore, ExpectedVersion, ListStreams,
     ReadAll, ReadStream, StoreError, StreamInfo, StreamName,
@@ -24,6 +24,7 @@ use uuid::Uuid;
 use crate::config::{ConfigError, PgConfig};
 use crate::error::{ConnectError, FOREIGN_KEY_VIOLATION, UNIQUE_VIOLATION, backend, violation};
 use crate::listener;
+use crate::log::LogStream;
 use crate::migrate;
 use crate::sql::{Queries, pattern_regex};
 use crate::watermark::{Watermark, settled_prefix};
@@ -634,7 +635,7 @@ impl Inner {
     /// One batch of the global log after `after`: the settled events that
     /// pass the filters, the last settled position, and whether the log may
     /// go on (the batch was full and nothing stopped it).
-    async fn read_batch(
+    pub(crate) async fn read_batch(
         &self,
         after: i64,
         batch: i64,
@@ -772,7 +773,7 @@ impl Inner {
 }
 
 /// The type and time filters of a [`ReadAll`], as the query takes them.
-struct Filter {
+pub(crate) struct Filter {
     exact: Vec<String>,
     regexes: Vec<String>,
     since: Option<DateTime<Utc>>,
@@ -780,7 +781,7 @@ struct Filter {
 }
 
 impl Filter {
-    fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.exact.is_empty()
             && self.regexes.is_empty()
             && self.since.is_none()
@@ -993,35 +994,8 @@ impl EventStore for PgStore {
             .unwrap_or(self.inner.config.read_batch_size)
             .clamp(1, i64::MAX as usize) as i64;
         let limit = query.limit.unwrap_or(usize::MAX);
-        let filter = Filter::new(&query);
         let after = query.after.min(i64::MAX as u64) as i64;
-        let inner = &self.inner;
-        stream::unfold(
-            (after, 0usize, false, filter),
-            move |(after, sent, done, filter)| async move {
-                if done || sent >= limit {
-                    return None;
-                }
-                // Without filters every row is an event to yield: fetch no
-                // more than the limit leaves.
-                let fetch = if filter.is_empty() {
-                    batch.min((limit - sent).min(i64::MAX as usize) as i64)
-                } else {
-                    batch
-                };
-                match inner.read_batch(after, fetch, &filter).await {
-                    Ok((events, last, more)) => {
-                        let events: Vec<_> =
-                            events.into_iter().take(limit - sent).map(Ok).collect();
-                        let sent = sent + events.len();
-                        Some((stream::iter(events), (last, sent, !more, filter)))
-                    }
-                    Err(e) => Some((stream::iter(vec![Err(e)]), (after, sent, true, filter))),
-                }
-            },
-        )
-        .flatten()
-        .boxed()
+        LogStream::new(&self.inner, Filter::new(&query), after, batch, limit).boxed()
     }
 
     async fn event(&self, id: EventId) -> Result<Option<RecordedEvent>, StoreError> {
