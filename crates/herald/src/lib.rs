@@ -193,6 +193,49 @@
 //! A handler publishes through its [`Context`]; the new event carries the
 //! same correlation id, and the triggering event's id as causation id.
 //!
+//! ## History and durable subscribers
+//!
+//! Build the bus on an [`EventStore`](store::EventStore) and every published
+//! event is appended to it first (to the stream named after its type, or the
+//! one given with [`NewEvent::in_stream`]). A [`Durable`](DeliveryMode::Durable)
+//! subscriber is fed from the store after a persisted checkpoint: it sees
+//! the history, gets every event at least once, keeps each stream's order,
+//! resumes after a restart where it left off, and can be replayed.
+//! [`store::MemoryStore`] is the in-memory backend; `herald-sqlite` and
+//! `herald-postgres` are the durable ones.
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")] async fn main() {
+//! use herald::store::{EventStore, MemoryStore, ReadStream, StreamName};
+//! use herald::{handler_fn, Bus, DeliveryMode, NewEvent, ReplayFrom, Subscriber};
+//! use serde_json::json;
+//! use std::sync::Arc;
+//!
+//! let store = Arc::new(MemoryStore::new());
+//! let bus = Bus::builder().store(Arc::clone(&store)).build();
+//! bus.publish_new(NewEvent::new("order.created", json!({"order_id": 42})).in_stream("order-42"))
+//!     .await
+//!     .unwrap();
+//!
+//! bus.subscribe(
+//!     Subscriber::new("projector", handler_fn(|event, _ctx| async move {
+//!         println!("{} at position {:?}", event.event_type(), event.position());
+//!         Ok(())
+//!     }))
+//!     .topic("order.*")
+//!     .mode(DeliveryMode::Durable),
+//! ).unwrap();
+//!
+//! let history = store
+//!     .read_stream(&StreamName::new("order-42").unwrap(), ReadStream::forward())
+//!     .await
+//!     .unwrap();
+//! assert_eq!(history.len(), 1);
+//! bus.replay("projector", ReplayFrom::Beginning).await.unwrap();
+//! bus.shutdown().await;
+//! # }
+//! ```
+//!
 //! ## Testing
 //!
 //! [`testing::Recorder`] captures what a bus published, for assertions.
