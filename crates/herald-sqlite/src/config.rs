@@ -7,6 +7,10 @@ use std::time::Duration;
 /// The most read connections a store opens.
 const MAX_READ_CONNECTIONS: usize = 64;
 
+/// The shortest dead-letter retention: shorter ones are more likely a unit
+/// mistake (milliseconds for seconds) than a wish.
+const MIN_DEAD_LETTER_RETENTION: Duration = Duration::from_secs(1);
+
 /// How hard SQLite works to make a commit survive a crash (`PRAGMA
 /// synchronous`), in WAL mode.
 ///
@@ -104,6 +108,13 @@ pub struct SqliteConfig {
     /// it. Default: 10 000 (about 40 MiB; SQLite's own default is 1000,
     /// measured here to make small appends about twice as slow).
     pub checkpoint_pages: u32,
+    /// How long a dead letter is kept after its last failure; `None` keeps
+    /// dead letters until they are retried or removed. Older ones are
+    /// removed when the store opens and each time a dead letter is recorded
+    /// (see [`SqliteStore::purge_dead_letters`](crate::SqliteStore::purge_dead_letters)
+    /// to remove them on demand). When set, at least one second and at most
+    /// `i64::MAX` microseconds. Default: `None`.
+    pub dead_letter_retention: Option<Duration>,
 }
 
 impl Default for SqliteConfig {
@@ -117,6 +128,7 @@ impl Default for SqliteConfig {
             write_queue: 1024,
             cache_kib: 8192,
             checkpoint_pages: 10_000,
+            dead_letter_retention: None,
         }
     }
 }
@@ -172,6 +184,12 @@ impl SqliteConfig {
         self
     }
 
+    /// Sets [`dead_letter_retention`](Self::dead_letter_retention).
+    pub fn dead_letter_retention(mut self, retention: Option<Duration>) -> Self {
+        self.dead_letter_retention = retention;
+        self
+    }
+
     /// Checks that the configuration can work.
     ///
     /// # Errors
@@ -196,6 +214,13 @@ impl SqliteConfig {
         }
         if self.write_queue == 0 {
             return Err(ConfigError::ZeroWriteQueue);
+        }
+        if let Some(retention) = self.dead_letter_retention {
+            if retention < MIN_DEAD_LETTER_RETENTION
+                || i64::try_from(retention.as_micros()).is_err()
+            {
+                return Err(ConfigError::DeadLetterRetention { retention });
+            }
         }
         Ok(())
     }
@@ -234,6 +259,16 @@ pub enum ConfigError {
     /// `write_queue` is 0.
     #[error("invalid sqlite config: write_queue must be at least 1")]
     ZeroWriteQueue,
+    /// `dead_letter_retention` is shorter than a second or longer than
+    /// `i64::MAX` microseconds.
+    #[error(
+        "invalid sqlite config: dead_letter_retention of {retention:?} must be at least 1 s and at most {} µs",
+        i64::MAX
+    )]
+    DeadLetterRetention {
+        /// The value given.
+        retention: Duration,
+    },
 }
 
 #[cfg(test)]
@@ -245,6 +280,7 @@ mod tests {
         let config = SqliteConfig::default();
         assert_eq!(config.validate(), Ok(()));
         assert_eq!(config.synchronous, Synchronous::Normal);
+        assert_eq!(config.dead_letter_retention, None);
     }
 
     #[test]
@@ -267,8 +303,19 @@ mod tests {
             Err(ConfigError::ZeroGroupCommit)
         );
         assert_eq!(
-            base.write_queue(0).validate(),
+            base.clone().write_queue(0).validate(),
             Err(ConfigError::ZeroWriteQueue)
         );
+        for retention in [Duration::ZERO, Duration::from_millis(999), Duration::MAX] {
+            let err = base
+                .clone()
+                .dead_letter_retention(Some(retention))
+                .validate()
+                .unwrap_err();
+            assert_eq!(err, ConfigError::DeadLetterRetention { retention });
+            assert!(err.to_string().contains("dead_letter_retention"), "{err}");
+        }
+        let day = Some(Duration::from_secs(86_400));
+        assert_eq!(base.dead_letter_retention(day).validate(), Ok(()));
     }
 }

@@ -4,8 +4,26 @@
 //! It is the default store of the Herald server and CLI: nothing to run
 //! beside the application, the history in one file, and it passes the same
 //! conformance suites (`herald-testkit`) as every other store. It also
-//! implements [`CheckpointStore`](herald::store::CheckpointStore), so a bus
-//! built on it keeps its durable subscribers' checkpoints in the same file.
+//! implements [`CheckpointStore`](herald::store::CheckpointStore) and
+//! [`DeadLetterStore`](herald::DeadLetterStore), so a bus built on it keeps
+//! its durable subscribers' checkpoints and its dead letters in the same
+//! file:
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use std::sync::Arc;
+//! use herald::Bus;
+//! use herald_sqlite::{SqliteConfig, SqliteStore};
+//!
+//! let dir = tempfile::tempdir()?;
+//! let store = Arc::new(SqliteStore::open(SqliteConfig::new(dir.path().join("events.db"))).await?);
+//! let bus = Bus::builder()
+//!     .store(store.clone())
+//!     .dead_letter_store(store.clone())
+//!     .build();
+//! # bus.shutdown().await;
+//! # Ok(()) }
+//! ```
 //!
 //! # Examples
 //!
@@ -61,7 +79,7 @@
 //! - **One writer.** SQLite lets one connection write at a time, so every
 //!   write (append, link, delete) goes to a dedicated writer thread as a
 //!   command on a bounded channel, with a oneshot reply. Checkpoint saves
-//!   are writes too.
+//!   and dead-letter records, removals and purges are writes too.
 //! - **Group commit.** The writer takes every command waiting in the queue
 //!   (up to [`SqliteConfig::max_group_commit`]) and runs them in one
 //!   transaction, each inside a savepoint so that a failing command (a
@@ -125,6 +143,30 @@
 //! | inbox | no | not yet |
 //! | competing consumers | no | not yet |
 //!
+//! Beside the [`EventStore`](herald::store::EventStore), in the same file:
+//!
+//! | trait | kept in | |
+//! |---|---|---|
+//! | [`CheckpointStore`](herald::store::CheckpointStore) | `checkpoints` | durable subscribers resume where they were |
+//! | [`DeadLetterStore`](herald::DeadLetterStore) | `dead_letters` | see [Dead letters](#dead-letters) |
+//!
+//! # Dead letters
+//!
+//! Dead letters are rows of `dead_letters`, one per subscriber and event:
+//! the same event failing again for the same subscriber updates its row
+//! (attempts added, errors appended, reason and last failure updated, id and
+//! first failure kept). The event is kept as its JSON, so a dead letter
+//! outlives the deletion of its stream. `list` is oldest first by first
+//! failure; it filters by subscriber and failure time in SQL and by event
+//! type and error text as it reads, and its limit counts only the dead
+//! letters that pass. Times are kept to the microsecond.
+//!
+//! Dead letters are kept until they are retried or removed, unless
+//! [`SqliteConfig::dead_letter_retention`] is set: then those whose last
+//! failure is older are removed when the store opens and each time a dead
+//! letter is recorded. [`SqliteStore::purge_dead_letters`] removes them on
+//! demand.
+//!
 //! # Schema
 //!
 //! Migrations are embedded and applied on open, in one transaction that
@@ -133,7 +175,8 @@
 //! event, payload and metadata as the exact JSON text given), `streams` (one
 //! row per stream: version, count, first and last times) and
 //! `stream_entries` (links; a `NULL` position is the hole a deleted event
-//! leaves), and `checkpoints` (one row per durable subscriber).
+//! leaves), `checkpoints` (one row per durable subscriber) and
+//! `dead_letters` (one row per subscriber and event it gave up on).
 //!
 //! # Errors
 //!
@@ -143,6 +186,7 @@
 //! store was doing. Opening fails with an [`OpenError`].
 
 mod config;
+mod dead_letters;
 mod error;
 mod reader;
 mod rows;

@@ -99,6 +99,15 @@ pub(crate) fn id(row: &Row<'_>, i: usize) -> Result<EventId, StoreError> {
     }
 }
 
+/// The UUID in column `i`: 16 bytes.
+pub(crate) fn uuid(row: &Row<'_>, i: usize, what: &str) -> Result<uuid::Uuid, StoreError> {
+    match row.get_ref(i).context(format_args!("read {what}"))? {
+        ValueRef::Blob(b) => uuid::Uuid::from_slice(b)
+            .map_err(|e| failure(format_args!("stored {what} does not decode: {e}"))),
+        _ => Err(failure(format_args!("stored {what} is not a blob"))),
+    }
+}
+
 /// The text of column `i`.
 pub(crate) fn text<'r>(row: &'r Row<'_>, i: usize, what: &str) -> Result<&'r str, StoreError> {
     match row.get_ref(i).context(format_args!("read {what}"))? {
@@ -109,7 +118,7 @@ pub(crate) fn text<'r>(row: &'r Row<'_>, i: usize, what: &str) -> Result<&'r str
 }
 
 /// The bytes of text column `i`.
-fn bytes<'r>(row: &'r Row<'_>, i: usize, what: &str) -> Result<&'r [u8], StoreError> {
+pub(crate) fn bytes<'r>(row: &'r Row<'_>, i: usize, what: &str) -> Result<&'r [u8], StoreError> {
     match row.get_ref(i).context(format_args!("read {what}"))? {
         ValueRef::Text(t) | ValueRef::Blob(t) => Ok(t),
         _ => Err(failure(format_args!("stored {what} is not text"))),

@@ -26,10 +26,15 @@ const MIGRATIONS: &[Migration] = &[
         name: "checkpoints",
         sql: include_str!("../migrations/0002_checkpoints.sql"),
     },
+    Migration {
+        version: 3,
+        name: "dead_letters",
+        sql: include_str!("../migrations/0003_dead_letters.sql"),
+    },
 ];
 
 /// The schema version this crate writes.
-pub(crate) const LATEST: u32 = 2;
+pub(crate) const LATEST: u32 = 3;
 
 const CREATE_MIGRATIONS_TABLE: &str = "
     CREATE TABLE IF NOT EXISTS herald_migrations (
@@ -115,7 +120,7 @@ mod tests {
             .unwrap()
             .collect::<Result<_, _>>()
             .unwrap();
-        assert_eq!(versions, [1, 2]);
+        assert_eq!(versions, [1, 2, 3]);
     }
 
     #[test]

@@ -166,7 +166,7 @@ impl SqliteStore {
     }
 
     /// Sends a command to the writer and waits for its answer.
-    async fn write<T>(
+    pub(crate) async fn write<T>(
         &self,
         command: impl FnOnce(oneshot::Sender<Result<T, StoreError>>) -> Command,
     ) -> Result<T, StoreError> {
@@ -177,7 +177,8 @@ impl SqliteStore {
         answer.await.map_err(|_| stopped())?
     }
 
-    async fn read<T, F>(&self, read: F) -> Result<T, StoreError>
+    /// Runs `read` on a read connection.
+    pub(crate) async fn read<T, F>(&self, read: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,

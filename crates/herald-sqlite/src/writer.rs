@@ -9,14 +9,16 @@
 //! `synchronous=FULL`, one fsync.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use chrono::Utc;
 use herald::store::{Appended, AppendedEvent, ExpectedVersion, StoreError, StreamName};
-use herald::{EventId, EventType, Metadata, Payload};
+use herald::{DeadLetter, EventId, EventType, Metadata, NewDeadLetter, Payload};
 use rusqlite::{Connection, OpenFlags, OptionalExtension};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::config::SqliteConfig;
+use crate::dead_letters;
 use crate::error::{Context, OpenError, backend, failure};
 use crate::rows::{int, uint};
 use crate::schema;
@@ -60,6 +62,22 @@ pub(crate) enum Command {
         position: Option<u64>,
         reply: oneshot::Sender<Result<(), StoreError>>,
     },
+    /// Records a dead letter, or updates the one of the same subscriber and
+    /// event.
+    RecordDeadLetter {
+        letter: NewDeadLetter,
+        reply: oneshot::Sender<Result<DeadLetter, StoreError>>,
+    },
+    RemoveDeadLetter {
+        id: uuid::Uuid,
+        reply: oneshot::Sender<Result<Option<DeadLetter>, StoreError>>,
+    },
+    /// Removes the dead letters whose last failure is before `before`
+    /// (microseconds).
+    PurgeDeadLetters {
+        before: i64,
+        reply: oneshot::Sender<Result<u64, StoreError>>,
+    },
 }
 
 /// What a command produced.
@@ -67,6 +85,9 @@ enum Done {
     Appended(Appended),
     Deleted(bool),
     Checkpointed,
+    DeadLetter(DeadLetter),
+    Removed(Option<DeadLetter>),
+    Purged(u64),
 }
 
 const INSERT_EVENT: &str = "INSERT INTO events (id, type, stream, version, recorded_at, data, metadata) \
@@ -115,6 +136,8 @@ pub(crate) struct Writer {
     /// The last recorded-at time given, in microseconds: times never go
     /// backwards within one store, also when the clock does.
     last_time: i64,
+    /// How long dead letters are kept after their last failure.
+    dead_letter_retention: Option<Duration>,
 }
 
 impl Writer {
@@ -150,12 +173,35 @@ impl Writer {
             .optional()
             .map_err(database)?
             .map_or(0, uint);
-        Ok(Self {
+        let writer = Self {
             conn,
             head: Arc::new(watch::channel(head).0),
             max_group: config.max_group_commit,
             last_time: 0,
-        })
+            dead_letter_retention: config.dead_letter_retention,
+        };
+        // Retention applies on open too, so that a store that records no
+        // more dead letters still sheds the old ones when it restarts.
+        writer.apply_retention().map_err(|e| OpenError::Database {
+            path: config.path.clone(),
+            source: Box::new(e),
+        })?;
+        Ok(writer)
+    }
+
+    /// Removes the dead letters older than the retention, if there is one.
+    fn apply_retention(&self) -> Result<(), StoreError> {
+        if let Some(retention) = self.dead_letter_retention {
+            let removed =
+                dead_letters::purge(&self.conn, dead_letters::cutoff(Utc::now(), retention))?;
+            if removed > 0 {
+                tracing::debug!(
+                    removed,
+                    "herald-sqlite: removed dead letters past retention"
+                );
+            }
+        }
+        Ok(())
     }
 
     /// The head watch, shared with the store.
@@ -295,6 +341,16 @@ impl Writer {
             } => self
                 .checkpoint(subscriber, *position)
                 .map(|()| Done::Checkpointed),
+            Command::RecordDeadLetter { letter, .. } => {
+                self.apply_retention()?;
+                dead_letters::record(&self.conn, letter).map(Done::DeadLetter)
+            }
+            Command::RemoveDeadLetter { id, .. } => {
+                dead_letters::remove(&self.conn, *id).map(Done::Removed)
+            }
+            Command::PurgeDeadLetters { before, .. } => {
+                dead_letters::purge(&self.conn, *before).map(Done::Purged)
+            }
         }
     }
 
@@ -624,26 +680,43 @@ impl Command {
     /// Sends the result to the caller (who may have stopped waiting).
     fn answer(self, result: Result<Done, StoreError>) {
         match self {
-            Self::Append { reply, .. } | Self::Link { reply, .. } => {
-                let _ = reply.send(result.and_then(|done| match done {
-                    Done::Appended(a) => Ok(a),
-                    _ => Err(mismatch()),
-                }));
-            }
-            Self::Delete { reply, .. } => {
-                let _ = reply.send(result.and_then(|done| match done {
-                    Done::Deleted(d) => Ok(d),
-                    _ => Err(mismatch()),
-                }));
-            }
-            Self::Checkpoint { reply, .. } => {
-                let _ = reply.send(result.and_then(|done| match done {
-                    Done::Checkpointed => Ok(()),
-                    _ => Err(mismatch()),
-                }));
-            }
+            Self::Append { reply, .. } | Self::Link { reply, .. } => send(reply, result, |done| {
+                let Done::Appended(a) = done else { return None };
+                Some(a)
+            }),
+            Self::Delete { reply, .. } => send(reply, result, |done| {
+                let Done::Deleted(d) = done else { return None };
+                Some(d)
+            }),
+            Self::Checkpoint { reply, .. } => send(reply, result, |done| {
+                matches!(done, Done::Checkpointed).then_some(())
+            }),
+            Self::RecordDeadLetter { reply, .. } => send(reply, result, |done| {
+                let Done::DeadLetter(l) = done else {
+                    return None;
+                };
+                Some(l)
+            }),
+            Self::RemoveDeadLetter { reply, .. } => send(reply, result, |done| {
+                let Done::Removed(l) = done else { return None };
+                Some(l)
+            }),
+            Self::PurgeDeadLetters { reply, .. } => send(reply, result, |done| {
+                let Done::Purged(n) = done else { return None };
+                Some(n)
+            }),
         }
     }
+}
+
+/// Sends `result` as `pick` unwraps it (a result of another kind is a bug,
+/// reported rather than panicking the writer).
+fn send<T>(
+    reply: oneshot::Sender<Result<T, StoreError>>,
+    result: Result<Done, StoreError>,
+    pick: impl FnOnce(Done) -> Option<T>,
+) {
+    let _ = reply.send(result.and_then(|done| pick(done).ok_or_else(mismatch)));
 }
 
 /// A command answered with another command's result: a bug, reported rather

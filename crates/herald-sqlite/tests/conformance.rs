@@ -1,5 +1,5 @@
-//! The SQLite store passes the store and durable-subscriber conformance
-//! suites, each scenario in a database file of its own.
+//! The SQLite store passes the store, durable-subscriber and dead-letter
+//! conformance suites, each scenario in a database file of its own.
 
 mod common;
 
@@ -18,3 +18,5 @@ async fn new_shared_store() -> Arc<TempStore> {
 }
 
 herald_testkit::durable_conformance!(new_shared_store);
+
+herald_testkit::dead_letter_conformance!(new_store);

@@ -9,7 +9,10 @@ use herald::store::{
     Appended, Capabilities, CheckpointStore, EventStore, ExpectedVersion, ListStreams, ReadAll,
     ReadStream, StoreError, StreamInfo, StreamName,
 };
-use herald::{EventId, NewEvent, RecordedEvent};
+use herald::{
+    DeadLetter, DeadLetterError, DeadLetterQuery, DeadLetterStore, EventId, NewDeadLetter,
+    NewEvent, RecordedEvent,
+};
 use herald_sqlite::{SqliteConfig, SqliteStore};
 use tempfile::TempDir;
 
@@ -122,5 +125,24 @@ impl CheckpointStore for TempStore {
 
     async fn reset(&self, subscriber: &str) -> Result<(), StoreError> {
         self.store.reset(subscriber).await
+    }
+}
+
+#[async_trait]
+impl DeadLetterStore for TempStore {
+    async fn record(&self, letter: NewDeadLetter) -> Result<DeadLetter, DeadLetterError> {
+        self.store.record(letter).await
+    }
+
+    async fn list(&self, query: &DeadLetterQuery) -> Result<Vec<DeadLetter>, DeadLetterError> {
+        self.store.list(query).await
+    }
+
+    async fn get(&self, id: uuid::Uuid) -> Result<Option<DeadLetter>, DeadLetterError> {
+        self.store.get(id).await
+    }
+
+    async fn remove(&self, id: uuid::Uuid) -> Result<Option<DeadLetter>, DeadLetterError> {
+        self.store.remove(id).await
     }
 }
