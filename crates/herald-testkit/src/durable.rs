@@ -34,6 +34,7 @@ macro_rules! durable_conformance {
             a_dead_lettered_event_lets_the_checkpoint_move_on,
             durable_delivery_misses_nothing_from_concurrent_publishers,
             replay_delivers_events_again_from_a_position_a_time_or_the_start,
+            the_checkpoint_moves_past_events_the_subscriber_does_not_match,
         );
     };
 }
@@ -565,4 +566,47 @@ pub async fn replay_delivers_events_again_from_a_position_a_time_or_the_start<
         bus.replay("nobody", ReplayFrom::Beginning).await,
         Err(herald::DurableError::UnknownSubscriber(_))
     ));
+}
+
+/// Events of other types move the checkpoint on without being delivered.
+pub async fn the_checkpoint_moves_past_events_the_subscriber_does_not_match<
+    S: EventStore + CheckpointStore,
+>(
+    store: Arc<S>,
+) {
+    let bus = bus_on(&store);
+    let log = Log::default();
+    bus.subscribe(
+        Subscriber::new("invoices", recording(&log))
+            .topic("invoice.*")
+            .mode(DeliveryMode::Durable)
+            .batch_size(10)
+            .poll_interval(Duration::from_millis(20)),
+    )
+    .expect("subscribe");
+    for n in 0..25 {
+        bus.publish("order.created", json!({ "n": n }))
+            .await
+            .expect("publish");
+    }
+    bus.publish("invoice.sent", json!({"n": 100}))
+        .await
+        .expect("publish");
+    for n in 0..25 {
+        bus.publish("order.created", json!({ "n": n }))
+            .await
+            .expect("publish");
+    }
+    log.until("the invoice arrived", |e| !e.is_empty()).await;
+    let head = store.head().await.expect("head");
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while store.load("invoices").await.expect("load") != Some(head) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the checkpoint never reached the head"
+        );
+        tokio::task::yield_now().await;
+    }
+    bus.shutdown().await;
+    assert_eq!(log.events().iter().map(n_of).collect::<Vec<_>>(), [100]);
 }

@@ -286,17 +286,27 @@ async fn run<D: Deliver>(
             }
             continue;
         }
-        // The topic filter is applied here rather than in the read, so that
-        // the checkpoint moves past events the subscriber does not match.
-        let batch: Result<Vec<RecordedEvent>, StoreError> = store
-            .read_all(
-                ReadAll::after(checkpoint)
-                    .limit(settings.batch_size)
-                    .batch_size(settings.batch_size),
-            )
-            .try_collect()
-            .await;
-        let events = match batch {
+        // The head is read first: every event at or below it is visible, so
+        // when the filtered read comes back short, nothing up to the head is
+        // left for this subscriber and the checkpoint can move past the
+        // events it does not match.
+        let head_before = match store.head().await {
+            Ok(h) => h,
+            Err(err) => {
+                tracing::error!(subscriber = %name, error = %err, "durable subscriber could not read the head");
+                if pause(settings.poll_interval, &mut signals, &mut pending).await {
+                    return;
+                }
+                continue;
+            }
+        };
+        let mut query = ReadAll::after(checkpoint)
+            .limit(settings.batch_size)
+            .batch_size(settings.batch_size);
+        query.topics = settings.topics.clone();
+        let batch: Result<Vec<RecordedEvent>, StoreError> =
+            store.read_all(query).try_collect().await;
+        let matching = match batch {
             Ok(events) => events,
             Err(err) => {
                 tracing::error!(subscriber = %name, error = %err, "durable subscriber could not read the log");
@@ -306,7 +316,13 @@ async fn run<D: Deliver>(
                 continue;
             }
         };
-        let Some(last) = events.last().and_then(RecordedEvent::position) else {
+        let full = matching.len() >= settings.batch_size;
+        let last_read = matching.last().and_then(RecordedEvent::position);
+        let last = match (full, last_read) {
+            (true, Some(p)) => p,
+            _ => last_read.unwrap_or(0).max(head_before),
+        };
+        if last <= checkpoint {
             if idle(
                 &mut head,
                 checkpoint,
@@ -319,11 +335,7 @@ async fn run<D: Deliver>(
                 return;
             }
             continue;
-        };
-        let matching: Vec<RecordedEvent> = events
-            .into_iter()
-            .filter(|e| settings.topics.iter().any(|t| t.matches(e.event_type())))
-            .collect();
+        }
         let reached = deliver_batch(&*core, matching, settings.concurrency, last).await;
         if reached > checkpoint {
             if persist("save its checkpoint", &name, &mut stop, || {

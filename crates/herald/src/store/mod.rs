@@ -663,7 +663,10 @@ pub trait EventStore: Send + Sync + 'static {
     ) -> Result<bool, StoreError>;
 
     /// The highest position assigned to an event that readers can see (0
-    /// when nothing was appended). Deleting a stream does not lower it.
+    /// when nothing was appended). Every event at or below it is visible to
+    /// a read that starts after `head` returned: durable subscribers rely on
+    /// this to move their checkpoint past events they do not match.
+    /// Deleting a stream does not lower it.
     async fn head(&self) -> Result<u64, StoreError>;
 
     /// A receiver of the head position, for stores that can wake
