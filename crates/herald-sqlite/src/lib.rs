@@ -4,15 +4,15 @@
 //! It is the default store of the Herald server and CLI: nothing to run
 //! beside the application, the history in one file, and it passes the same
 //! conformance suites (`herald-testkit`) as every other store. It also
-//! implements [`CheckpointStore`](herald::store::CheckpointStore) and
-//! [`DeadLetterStore`](herald::DeadLetterStore), so a bus built on it keeps
-//! its durable subscribers' checkpoints and its dead letters in the same
-//! file:
+//! implements [`CheckpointStore`](herald::store::CheckpointStore),
+//! [`DeadLetterStore`](herald::DeadLetterStore) and [`Ledger`](herald::Ledger),
+//! so a bus built on it keeps its durable subscribers' checkpoints, its dead
+//! letters and its idempotency ledger in the same file:
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! use std::sync::Arc;
-//! use herald::Bus;
+//! use herald::{Bus, Subscriber, handler_fn};
 //! use herald_sqlite::{SqliteConfig, SqliteStore};
 //!
 //! let dir = tempfile::tempdir()?;
@@ -21,6 +21,11 @@
 //!     .store(store.clone())
 //!     .dead_letter_store(store.clone())
 //!     .build();
+//! bus.subscribe(
+//!     Subscriber::new("charge", handler_fn(|_, _| async { Ok(()) }))
+//!         .topic("order.created")
+//!         .idempotent(store.clone()),
+//! )?;
 //! # bus.shutdown().await;
 //! # Ok(()) }
 //! ```
@@ -79,7 +84,8 @@
 //! - **One writer.** SQLite lets one connection write at a time, so every
 //!   write (append, link, delete) goes to a dedicated writer thread as a
 //!   command on a bounded channel, with a oneshot reply. Checkpoint saves
-//!   and dead-letter records, removals and purges are writes too.
+//!   dead-letter records, removals and purges, and ledger inserts are
+//!   writes too.
 //! - **Group commit.** The writer takes every command waiting in the queue
 //!   (up to [`SqliteConfig::max_group_commit`]) and runs them in one
 //!   transaction, each inside a savepoint so that a failing command (a
@@ -149,6 +155,7 @@
 //! |---|---|---|
 //! | [`CheckpointStore`](herald::store::CheckpointStore) | `checkpoints` | durable subscribers resume where they were |
 //! | [`DeadLetterStore`](herald::DeadLetterStore) | `dead_letters` | see [Dead letters](#dead-letters) |
+//! | [`Ledger`](herald::Ledger) | `ledger` | idempotent subscribers skip what they handled, also after a restart; kept for good (one small row per subscriber and event) |
 //!
 //! # Dead letters
 //!
@@ -175,8 +182,9 @@
 //! event, payload and metadata as the exact JSON text given), `streams` (one
 //! row per stream: version, count, first and last times) and
 //! `stream_entries` (links; a `NULL` position is the hole a deleted event
-//! leaves), `checkpoints` (one row per durable subscriber) and
-//! `dead_letters` (one row per subscriber and event it gave up on).
+//! leaves), `checkpoints` (one row per durable subscriber),
+//! `dead_letters` (one row per subscriber and event it gave up on) and
+//! `ledger` (one row per subscriber and event it handled).
 //!
 //! # Errors
 //!
@@ -188,6 +196,7 @@
 mod config;
 mod dead_letters;
 mod error;
+mod ledger;
 mod reader;
 mod rows;
 mod schema;

@@ -31,10 +31,15 @@ const MIGRATIONS: &[Migration] = &[
         name: "dead_letters",
         sql: include_str!("../migrations/0003_dead_letters.sql"),
     },
+    Migration {
+        version: 4,
+        name: "ledger",
+        sql: include_str!("../migrations/0004_ledger.sql"),
+    },
 ];
 
 /// The schema version this crate writes.
-pub(crate) const LATEST: u32 = 3;
+pub(crate) const LATEST: u32 = 4;
 
 const CREATE_MIGRATIONS_TABLE: &str = "
     CREATE TABLE IF NOT EXISTS herald_migrations (
@@ -120,7 +125,7 @@ mod tests {
             .unwrap()
             .collect::<Result<_, _>>()
             .unwrap();
-        assert_eq!(versions, [1, 2, 3]);
+        assert_eq!(versions, [1, 2, 3, 4]);
     }
 
     #[test]

@@ -20,6 +20,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use crate::config::SqliteConfig;
 use crate::dead_letters;
 use crate::error::{Context, OpenError, backend, failure};
+use crate::ledger;
 use crate::rows::{int, uint};
 use crate::schema;
 
@@ -78,6 +79,12 @@ pub(crate) enum Command {
         before: i64,
         reply: oneshot::Sender<Result<u64, StoreError>>,
     },
+    /// Records in the ledger that `subscriber` handled `event`.
+    Handled {
+        subscriber: String,
+        event: EventId,
+        reply: oneshot::Sender<Result<(), StoreError>>,
+    },
 }
 
 /// What a command produced.
@@ -88,6 +95,7 @@ enum Done {
     DeadLetter(DeadLetter),
     Removed(Option<DeadLetter>),
     Purged(u64),
+    Handled,
 }
 
 const INSERT_EVENT: &str = "INSERT INTO events (id, type, stream, version, recorded_at, data, metadata) \
@@ -350,6 +358,12 @@ impl Writer {
             }
             Command::PurgeDeadLetters { before, .. } => {
                 dead_letters::purge(&self.conn, *before).map(Done::Purged)
+            }
+            Command::Handled {
+                subscriber, event, ..
+            } => {
+                let at = self.now();
+                ledger::insert(&self.conn, subscriber, *event, at).map(|()| Done::Handled)
             }
         }
     }
@@ -704,6 +718,9 @@ impl Command {
             Self::PurgeDeadLetters { reply, .. } => send(reply, result, |done| {
                 let Done::Purged(n) = done else { return None };
                 Some(n)
+            }),
+            Self::Handled { reply, .. } => send(reply, result, |done| {
+                matches!(done, Done::Handled).then_some(())
             }),
         }
     }

@@ -10,8 +10,8 @@ use herald::store::{
     ReadStream, StoreError, StreamInfo, StreamName,
 };
 use herald::{
-    DeadLetter, DeadLetterError, DeadLetterQuery, DeadLetterStore, EventId, NewDeadLetter,
-    NewEvent, RecordedEvent,
+    DeadLetter, DeadLetterError, DeadLetterQuery, DeadLetterStore, EventId, Ledger, LedgerError,
+    NewDeadLetter, NewEvent, RecordedEvent,
 };
 use herald_sqlite::{SqliteConfig, SqliteStore};
 use tempfile::TempDir;
@@ -144,5 +144,16 @@ impl DeadLetterStore for TempStore {
 
     async fn remove(&self, id: uuid::Uuid) -> Result<Option<DeadLetter>, DeadLetterError> {
         self.store.remove(id).await
+    }
+}
+
+#[async_trait]
+impl Ledger for TempStore {
+    async fn contains(&self, subscriber: &str, event: EventId) -> Result<bool, LedgerError> {
+        self.store.contains(subscriber, event).await
+    }
+
+    async fn insert(&self, subscriber: &str, event: EventId) -> Result<(), LedgerError> {
+        self.store.insert(subscriber, event).await
     }
 }
