@@ -180,7 +180,7 @@
 //! holds the write lock; the table `herald_migrations` records each one
 //! (version, name, time). Tables: `events` (the global log, one row per
 //! event, payload and metadata as the exact JSON text given), `streams` (one
-//! row per stream: version, count, first and last times) and
+//! row per stream: version, count, first and last times),
 //! `stream_entries` (links; a `NULL` position is the hole a deleted event
 //! leaves), `checkpoints` (one row per durable subscriber),
 //! `dead_letters` (one row per subscriber and event it gave up on) and
