@@ -118,18 +118,18 @@
 //!
 //! ## What it costs
 //!
-//! Measured by `benches/postgres.rs` on the development machine (2 cores,
-//! PostgreSQL 15, fsync on), 8 writers each committing transactions of 10
-//! events, in one run:
+//! Measured by `benches/postgres.rs` on the development machine (2 cores
+//! shared with other work, PostgreSQL 15, fsync on), 8 writers each
+//! committing transactions of 10 events; two runs:
 //!
-//! | technique | events/s |
-//! |---|---|
-//! | settled-gap watermark (this store) | 16,000 |
-//! | advisory lock held from append to commit | 3,000 |
-//! | the watermark, notifying inside each transaction | 8,700 |
+//! | technique | events/s, run 1 | events/s, run 2 |
+//! |---|---|---|
+//! | settled-gap watermark (this store) | 16,000 | 10,700 |
+//! | advisory lock held from append to commit | 3,000 | 2,700 |
+//! | the watermark, notifying inside each transaction | 8,700 | 8,500 |
 //!
 //! The lock serializes the commits, and so the flushes to disk, of every
-//! writer: 5 times slower with 8 writers, and every append would wait for
+//! writer: 4 to 5 times slower with 8 writers, and every append would wait for
 //! an outbox transaction to commit, however long the application keeps it
 //! open. The watermark lets PostgreSQL flush concurrent commits together
 //! and costs writers nothing (no extra column, no extra statement); readers
