@@ -103,18 +103,24 @@
 //! 2. or the gap before a position is known to be final. A reader that
 //!    stops at a gap takes a *mark*: in one short read-only transaction it
 //!    reads the sequence's last value `q`, then takes a transaction id `m`,
-//!    and rolls back. Appends take their transaction id before they draw
-//!    positions, so every transaction holding a position ≤ `q` has an id
-//!    below `m`; once a later snapshot's `xmin` reaches `m`, they have all
-//!    ended, and the gaps up to `q` are final (rolled-back appends).
+//!    then lists the transactions holding the lock every append takes on
+//!    the `events` table before it draws a position, and rolls back. Every
+//!    transaction that drew a position ≤ `q` and still runs is in that list
+//!    and has an id below `m`; once none of the listed transactions holds
+//!    the lock any more (asked of `pg_locks` when a reader stops at the gap
+//!    again), or once a snapshot's `xmin` reaches `m`, the gaps up to `q`
+//!    are final (rolled-back appends).
 //!
-//! A gap that is a transaction in flight is therefore waited for, however
-//! long that transaction takes (an outbox transaction held open for seconds
-//! holds readers at its first position, and no longer); a gap left by a
-//! rolled-back append is passed once every transaction that was running
-//! when a reader first met it has ended — in the whole cluster, as
-//! transaction ids are. [`head`](herald::store::EventStore::head) follows
-//! the same rule, so a reader can always read everything up to the head.
+//! A gap that is an append in flight is therefore waited for, however long
+//! its transaction takes (an outbox transaction held open for seconds holds
+//! readers at its first position, and no longer); a gap left by a
+//! rolled-back append is passed as soon as the appends that were in flight
+//! when a reader first met it have ended — other transactions of the
+//! cluster do not hold it up. A settled position only counts for statements
+//! issued after it was established, so that a reader whose snapshot is
+//! older never relies on it. [`head`](herald::store::EventStore::head)
+//! follows the same rules, so a reader can always read everything up to the
+//! head.
 //!
 //! ## What it costs
 //!

@@ -31,6 +31,7 @@ pub(crate) struct Queries {
     pub(crate) stream_info: String,
     pub(crate) notify: String,
     pub(crate) probe: String,
+    pub(crate) holders: String,
 }
 
 impl Queries {
@@ -74,6 +75,7 @@ impl Queries {
             stream_info: q(include_str!("../queries/read/stream_info.sql")),
             notify: format!("SELECT pg_notify('{channel}', '')"),
             probe: q(include_str!("../queries/read/probe.sql")),
+            holders: q(include_str!("../queries/read/holders.sql")),
             channel,
         }
     }

@@ -642,9 +642,8 @@ impl Inner {
         filter: &Filter,
     ) -> Result<(Vec<RecordedEvent>, i64, bool), StoreError> {
         let read = |e| backend("read the global log")(e);
-        let mut probed = false;
+        let mut gap = GapCheck::default();
         loop {
-            let before = self.watermark.settled();
             let issued = self.watermark.issue();
             let rows = if filter.is_empty() {
                 sqlx::query(&self.sql.read_all)
@@ -681,15 +680,10 @@ impl Inner {
             } else {
                 after
             };
-            if after <= before {
+            if after <= issued.settled() {
                 self.watermark.settle(last);
             }
-            if count < positions.len() && count == 0 && !probed && !self.watermark.awaits(last + 1)
-            {
-                // Stopped at a gap nobody is checking yet: mark it, and look
-                // again at once, in case it is final already.
-                self.probe().await?;
-                probed = true;
+            if count == 0 && !positions.is_empty() && self.check_gap(last + 1, &mut gap).await? {
                 continue;
             }
             let mut events = Vec::with_capacity(count);
@@ -704,6 +698,34 @@ impl Inner {
         }
     }
 
+    /// A reader stopped at the gap at `position`: takes a mark if none
+    /// covers it, or else asks whether the mark's lock holders have ended.
+    /// Returns whether to look again at once. Does each at most once per
+    /// `check`.
+    async fn check_gap(&self, position: i64, check: &mut GapCheck) -> Result<bool, StoreError> {
+        match self.watermark.awaiting(position) {
+            None if !check.probed => {
+                check.probed = true;
+                self.probe().await?;
+                Ok(true)
+            }
+            Some(mark) if !check.asked => {
+                check.asked = true;
+                let holding: i64 = sqlx::query_scalar(&self.sql.holders)
+                    .bind(&mark.holders[..])
+                    .fetch_one(&self.pool)
+                    .await
+                    .map_err(backend("look for appends in flight"))?;
+                if holding == 0 {
+                    self.watermark.settle(mark.q);
+                    return Ok(true);
+                }
+                Ok(false)
+            }
+            _ => Ok(false),
+        }
+    }
+
     /// Takes a watermark mark (see the `watermark` module).
     async fn probe(&self) -> Result<(), StoreError> {
         let read = |e| backend("take a watermark mark")(e);
@@ -711,14 +733,22 @@ impl Inner {
             .fetch_all(&self.pool)
             .await
             .map_err(read)?;
-        let [q, m] = &rows[..] else {
+        let [q, m, holders] = &rows[..] else {
             return Err(StoreError::backend(format!(
-                "watermark mark returned {} rows, not 2",
+                "watermark mark returned {} rows, not 3",
                 rows.len()
             )));
         };
-        self.watermark
-            .mark(m.try_get(0).map_err(read)?, q.try_get(0).map_err(read)?);
+        let holders: String = holders.try_get(0).map_err(read)?;
+        self.watermark.mark(
+            m.try_get(0).map_err(read)?,
+            q.try_get(0).map_err(read)?,
+            holders
+                .split(',')
+                .filter(|h| !h.is_empty())
+                .map(str::to_owned)
+                .collect(),
+        );
         Ok(())
     }
 
@@ -727,7 +757,7 @@ impl Inner {
     pub(crate) async fn head(&self) -> Result<u64, StoreError> {
         let read = |e| backend("read the head")(e);
         let mut after = self.watermark.settled().max(*self.head.borrow() as i64);
-        let mut probed = false;
+        let mut gap = GapCheck::default();
         loop {
             let issued = self.watermark.issue();
             let rows = sqlx::query(&self.sql.head)
@@ -737,7 +767,7 @@ impl Inner {
                 .await
                 .map_err(read)?;
             let Some(first) = rows.first() else {
-                return Ok(after.max(self.watermark.settled()) as u64);
+                return Ok(after.max(issued.settled()) as u64);
             };
             let settled = self
                 .watermark
@@ -756,9 +786,7 @@ impl Inner {
             self.watermark.settle(last);
             let head = last.max(settled);
             if count < positions.len() {
-                if !probed && !self.watermark.awaits(last + 1) {
-                    self.probe().await?;
-                    probed = true;
+                if self.check_gap(last + 1, &mut gap).await? {
                     after = head;
                     continue;
                 }
@@ -770,6 +798,13 @@ impl Inner {
             after = head;
         }
     }
+}
+
+/// What a reader did about a gap it stopped at.
+#[derive(Default)]
+struct GapCheck {
+    probed: bool,
+    asked: bool,
 }
 
 /// The type and time filters of a [`ReadAll`], as the query takes them.

@@ -253,6 +253,41 @@ async fn readers_pass_the_gap_of_a_rolled_back_append() {
     assert_eq!(store.head().await.unwrap(), last.events[0].position);
 }
 
+/// A rolled-back append's gap is passed as soon as the appends that were in
+/// flight have ended, while an unrelated transaction stays open (which
+/// holds the cluster's xmin back).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readers_pass_a_rolled_back_gap_while_an_unrelated_transaction_runs() {
+    let store = support::store().await;
+    let orders = orders_table(&store).await;
+    let mut unrelated = store.pool().begin().await.unwrap();
+    sqlx::query(&format!("INSERT INTO {orders} (id) VALUES (1)"))
+        .execute(&mut *unrelated)
+        .await
+        .unwrap();
+    let mut tx = store.pool().begin().await.unwrap();
+    store
+        .append_in_tx(
+            &mut tx,
+            &stream("b-1"),
+            ExpectedVersion::Any,
+            vec![event(1)],
+        )
+        .await
+        .unwrap();
+    tx.rollback().await.unwrap();
+    store
+        .append(&stream("b-2"), ExpectedVersion::Any, vec![event(2)])
+        .await
+        .unwrap();
+    // One read: it stops at the gap, takes a mark, finds nobody appending,
+    // and goes on.
+    let read = all(&store, 0).await;
+    assert_eq!(read.len(), 1);
+    assert_eq!(read[0].data().to_value()["n"], 2);
+    unrelated.rollback().await.unwrap();
+}
+
 /// Twelve writers: eight append in short transactions, four append in
 /// transactions they hold open for one to two seconds (one in four of which
 /// roll back), and the others commit after them all the while. A reader
