@@ -290,9 +290,9 @@ async fn readers_pass_a_rolled_back_gap_while_an_unrelated_transaction_runs() {
 
 /// Twelve writers: eight append in short transactions, four append in
 /// transactions they hold open for one to two seconds (one in four of which
-/// roll back), and the others commit after them all the while. A reader
-/// tailing the global log sees every committed event exactly once, in
-/// position order, and no rolled-back one.
+/// roll back), and the others commit after them all the while. Each of
+/// three readers tailing the global log sees every committed event exactly
+/// once, in position order, and no rolled-back one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tailing_reader_sees_every_event_once_despite_long_transactions() {
     const FAST: u64 = 8;
@@ -349,35 +349,39 @@ async fn a_tailing_reader_sees_every_event_once_despite_long_transactions() {
             (kept, dropped)
         }));
     }
-    let reader = {
-        let store = Arc::clone(&store);
-        tokio::spawn(async move {
-            let mut after = 0;
-            let mut seen = Vec::new();
-            let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-            // Read until the event the test appends after every writer ended.
-            loop {
-                assert!(tokio::time::Instant::now() < deadline, "reader timed out");
-                let batch: Vec<RecordedEvent> = store
-                    .read_all(ReadAll::after(after).limit(50))
-                    .try_collect()
-                    .await
-                    .expect("read");
-                for e in &batch {
-                    let p = e.position().unwrap();
-                    assert!(p > after, "position {p} after {after}");
-                    after = p;
-                    seen.push(e.id());
-                    if e.stream() == Some("done") {
-                        return seen;
+    // Three readers share the store (and so its watermark), each with its
+    // own pace.
+    let readers: Vec<_> = (0..3u64)
+        .map(|r| {
+            let store = Arc::clone(&store);
+            tokio::spawn(async move {
+                let mut after = 0;
+                let mut seen = Vec::new();
+                let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+                // Read until the event the test appends after every writer ended.
+                loop {
+                    assert!(tokio::time::Instant::now() < deadline, "reader timed out");
+                    let batch: Vec<RecordedEvent> = store
+                        .read_all(ReadAll::after(after).limit(20 + 30 * r as usize))
+                        .try_collect()
+                        .await
+                        .expect("read");
+                    for e in &batch {
+                        let p = e.position().unwrap();
+                        assert!(p > after, "position {p} after {after}");
+                        after = p;
+                        seen.push(e.id());
+                        if e.stream() == Some("done") {
+                            return seen;
+                        }
+                    }
+                    if batch.is_empty() {
+                        tokio::time::sleep(Duration::from_millis(1 + r)).await;
                     }
                 }
-                if batch.is_empty() {
-                    tokio::time::sleep(Duration::from_millis(2)).await;
-                }
-            }
+            })
         })
-    };
+        .collect();
     let (mut kept, mut dropped) = (HashSet::new(), HashSet::new());
     for writer in writers {
         let (k, d) = writer.await.expect("writer");
@@ -391,17 +395,19 @@ async fn a_tailing_reader_sees_every_event_once_despite_long_transactions() {
         .await
         .unwrap();
     kept.insert(done.events[0].id);
-    let seen = reader.await.expect("reader");
-    let unique: HashSet<EventId> = seen.iter().copied().collect();
-    assert_eq!(unique.len(), seen.len(), "an event was seen twice");
-    assert!(unique.is_disjoint(&dropped), "a rolled-back event was seen");
-    assert_eq!(
-        unique.len(),
-        kept.len(),
-        "missed {} events",
-        kept.difference(&unique).count()
-    );
-    assert_eq!(unique, kept);
+    for reader in readers {
+        let seen = reader.await.expect("reader");
+        let unique: HashSet<EventId> = seen.iter().copied().collect();
+        assert_eq!(unique.len(), seen.len(), "an event was seen twice");
+        assert!(unique.is_disjoint(&dropped), "a rolled-back event was seen");
+        assert_eq!(
+            unique.len(),
+            kept.len(),
+            "missed {} events",
+            kept.difference(&unique).count()
+        );
+        assert_eq!(unique, kept);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
