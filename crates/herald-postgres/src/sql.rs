@@ -30,6 +30,7 @@ pub(crate) struct Queries {
     pub(crate) streams: String,
     pub(crate) stream_info: String,
     pub(crate) notify: String,
+    pub(crate) notify_async: String,
     pub(crate) probe: String,
     pub(crate) holders: String,
 }
@@ -74,6 +75,10 @@ impl Queries {
             streams: q(include_str!("../queries/read/streams.sql")),
             stream_info: q(include_str!("../queries/read/stream_info.sql")),
             notify: format!("SELECT pg_notify('{channel}', '')"),
+            notify_async: format!(
+                "BEGIN; SET LOCAL synchronous_commit TO off; \
+                 SELECT pg_notify('{channel}', ''); COMMIT;"
+            ),
             probe: q(include_str!("../queries/read/probe.sql")),
             holders: q(include_str!("../queries/read/holders.sql")),
             channel,

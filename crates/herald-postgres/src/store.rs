@@ -16,7 +16,7 @@ use herald::{
     EventId, EventType, Metadata, NewEvent, Origin, Payload, RecordedEvent, RecordedParts,
 };
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
-use sqlx::{Connection, PgConnection, PgPool, Postgres, Row, Transaction};
+use sqlx::{PgConnection, PgPool, Postgres, Row, Transaction};
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 use uuid::Uuid;
@@ -1122,15 +1122,12 @@ impl EventStore for PgStore {
 }
 
 impl Inner {
-    /// Sends this schema's notification outside of any append, with
-    /// asynchronous commit (it needs no flush to disk).
+    /// Sends this schema's notification outside of any append, in one round
+    /// trip, with asynchronous commit (it needs no flush to disk).
     pub(crate) async fn send_notification(&self) -> Result<(), sqlx::Error> {
-        let mut conn = self.pool.acquire().await?;
-        let mut tx = conn.begin().await?;
-        sqlx::query("SET LOCAL synchronous_commit TO off")
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query(&self.sql.notify).execute(&mut *tx).await?;
-        tx.commit().await
+        sqlx::raw_sql(&self.sql.notify_async)
+            .execute(&self.pool)
+            .await
+            .map(drop)
     }
 }
