@@ -3,7 +3,8 @@
 //! Schemas are named `herald_test_<unix seconds>_<random>` and left behind
 //! (dropping one when its store goes away would need a task at drop time,
 //! which a test runtime that is shutting down may never run). Each test
-//! process drops, once, the test schemas older than an hour.
+//! process drops, once, the test schemas older than a quarter of an hour (a
+//! test process runs for seconds).
 
 #![allow(dead_code, unreachable_pub)]
 
@@ -37,7 +38,8 @@ pub fn schema() -> String {
     format!("herald_test_{secs}_{:08x}", rand::random::<u32>())
 }
 
-/// Drops test schemas older than an hour, once per process.
+/// Drops test (and interrupted bench) schemas older than a quarter of an
+/// hour, once per process.
 async fn clean_up_old_schemas() {
     static DONE: OnceCell<()> = OnceCell::const_new();
     DONE.get_or_init(|| async {
@@ -45,7 +47,8 @@ async fn clean_up_old_schemas() {
             .await
             .unwrap_or_else(|e| unreachable(e));
         let names: Vec<String> = sqlx::query_scalar(
-            "SELECT nspname::text FROM pg_namespace WHERE nspname LIKE 'herald\\_test\\_%'",
+            "SELECT nspname::text FROM pg_namespace \
+             WHERE nspname LIKE 'herald\\_test\\_%' OR nspname LIKE 'herald\\_bench\\_%'",
         )
         .fetch_all(&mut conn)
         .await
@@ -54,14 +57,24 @@ async fn clean_up_old_schemas() {
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default()
             .as_secs();
-        for name in names {
-            let created = name.split('_').nth(2).and_then(|s| s.parse::<u64>().ok());
-            if created.is_some_and(|c| c + 3600 < now) {
-                // Another process may drop it at the same time: ignore errors.
-                let _ = sqlx::query(&format!("DROP SCHEMA IF EXISTS \"{name}\" CASCADE"))
-                    .execute(&mut conn)
-                    .await;
-            }
+        let old: Vec<String> = names
+            .into_iter()
+            .filter(|name| {
+                name.split('_')
+                    .nth(2)
+                    .and_then(|s| s.parse::<u64>().ok())
+                    .is_some_and(|created| created + 15 * 60 < now)
+            })
+            .map(|name| format!("\"{name}\""))
+            .collect();
+        for chunk in old.chunks(50) {
+            // Another process may drop some at the same time: ignore errors.
+            let _ = sqlx::query(&format!(
+                "DROP SCHEMA IF EXISTS {} CASCADE",
+                chunk.join(", ")
+            ))
+            .execute(&mut conn)
+            .await;
         }
     })
     .await;
