@@ -615,8 +615,10 @@ impl StoreError {
 ///   expected-version rules as append; linking an event twice into one
 ///   stream is allowed (it appears twice).
 /// - **delete_stream** removes a stream as the [module docs](self) say.
-/// - Once `append` returned `Ok`, the events are readable by every reader of
-///   the store, and (for a durable store) survive a crash.
+/// - Once `append` returned `Ok`, the events (for a durable store) survive a
+///   crash, and every reader of the store can read them as soon as every
+///   append that drew a lower position has ended (committed or rolled
+///   back): the global log is never read with a hole that fills later.
 #[async_trait]
 pub trait EventStore: Send + Sync + 'static {
     /// Appends events to a stream.
