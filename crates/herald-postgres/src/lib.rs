@@ -174,6 +174,7 @@
 //! [`ConnectError`].
 #![warn(missing_docs)]
 
+mod checkpoint;
 mod config;
 mod error;
 mod listener;

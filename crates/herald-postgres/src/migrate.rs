@@ -21,11 +21,18 @@ struct Migration {
 }
 
 /// Every migration, in order.
-const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "events",
-    sql: include_str!("../migrations/0001_events.sql"),
-}];
+const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "events",
+        sql: include_str!("../migrations/0001_events.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "checkpoints",
+        sql: include_str!("../migrations/0002_checkpoints.sql"),
+    },
+];
 
 /// FNV-1a, 64 bits: a checksum that stays the same across Rust releases.
 fn checksum(text: &str) -> i64 {

@@ -33,6 +33,9 @@ pub(crate) struct Queries {
     pub(crate) notify_async: String,
     pub(crate) probe: String,
     pub(crate) holders: String,
+    pub(crate) checkpoint_load: String,
+    pub(crate) checkpoint_save: String,
+    pub(crate) checkpoint_reset: String,
 }
 
 impl Queries {
@@ -81,6 +84,11 @@ impl Queries {
             ),
             probe: q(include_str!("../queries/read/probe.sql")),
             holders: q(include_str!("../queries/read/holders.sql")),
+            checkpoint_load: q(
+                "SELECT position FROM {schema}.checkpoints WHERE subscriber = $1::text",
+            ),
+            checkpoint_save: q(include_str!("../queries/checkpoints/save.sql")),
+            checkpoint_reset: q("DELETE FROM {schema}.checkpoints WHERE subscriber = $1::text"),
             channel,
         }
     }

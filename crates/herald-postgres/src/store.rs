@@ -165,6 +165,11 @@ impl PgStore {
         &self.inner.config
     }
 
+    /// The shared state, for the other traits' implementations.
+    pub(crate) fn inner(&self) -> &Inner {
+        &self.inner
+    }
+
     /// Appends events within the caller's transaction (the outbox): they
     /// commit with the caller's own writes, or not at all.
     ///

@@ -1,6 +1,16 @@
-//! The PostgreSQL store passes the store conformance suite, each scenario in
-//! a schema of its own.
+//! The PostgreSQL store passes the store and durable-subscriber conformance
+//! suites, each scenario in a schema of its own.
 
 mod support;
 
+use std::sync::Arc;
+
+use herald_postgres::PgStore;
+
 herald_testkit::store_conformance!(support::store);
+
+async fn shared_store() -> Arc<PgStore> {
+    Arc::new(support::store().await)
+}
+
+herald_testkit::durable_conformance!(shared_store);

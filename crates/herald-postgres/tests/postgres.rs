@@ -467,14 +467,14 @@ async fn migrations_apply_once_and_stores_share_a_schema() {
         .await
         .unwrap();
     assert_eq!(all(&second, 0).await.len(), 1);
-    let applied: i64 = sqlx::query_scalar(&format!(
-        "SELECT count(*) FROM \"{}\".herald_migrations",
+    let applied: Vec<i32> = sqlx::query_scalar(&format!(
+        "SELECT version FROM \"{}\".herald_migrations ORDER BY version",
         first.config().schema
     ))
-    .fetch_one(first.pool())
+    .fetch_all(first.pool())
     .await
     .unwrap();
-    assert_eq!(applied, 1);
+    assert_eq!(applied, [1, 2], "each migration recorded once");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
