@@ -176,6 +176,7 @@
 
 mod checkpoint;
 mod config;
+mod dead_letters;
 mod error;
 mod listener;
 mod log;

@@ -32,6 +32,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "checkpoints",
         sql: include_str!("../migrations/0002_checkpoints.sql"),
     },
+    Migration {
+        version: 3,
+        name: "dead_letters",
+        sql: include_str!("../migrations/0003_dead_letters.sql"),
+    },
 ];
 
 /// FNV-1a, 64 bits: a checksum that stays the same across Rust releases.

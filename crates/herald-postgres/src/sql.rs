@@ -5,6 +5,10 @@ fn fill(template: &str, schema: &str) -> String {
     template.replace("{schema}", schema)
 }
 
+/// The columns a dead letter is read from, in order.
+const DEAD_LETTER_COLUMNS: &str = "id, subscriber, event::text AS event, attempts, reason, \
+     errors::text AS errors, first_failed_at, last_failed_at";
+
 /// Every statement the store sends, for one schema.
 #[derive(Debug)]
 pub(crate) struct Queries {
@@ -36,6 +40,10 @@ pub(crate) struct Queries {
     pub(crate) checkpoint_load: String,
     pub(crate) checkpoint_save: String,
     pub(crate) checkpoint_reset: String,
+    pub(crate) dead_letter_record: String,
+    pub(crate) dead_letter_list: String,
+    pub(crate) dead_letter_get: String,
+    pub(crate) dead_letter_remove: String,
 }
 
 impl Queries {
@@ -89,6 +97,15 @@ impl Queries {
             ),
             checkpoint_save: q(include_str!("../queries/checkpoints/save.sql")),
             checkpoint_reset: q("DELETE FROM {schema}.checkpoints WHERE subscriber = $1::text"),
+            dead_letter_record: q(include_str!("../queries/dead_letters/record.sql")),
+            dead_letter_list: q(include_str!("../queries/dead_letters/list.sql")),
+            dead_letter_get: q(&format!(
+                "SELECT {DEAD_LETTER_COLUMNS} FROM {{schema}}.dead_letters WHERE id = $1::uuid"
+            )),
+            dead_letter_remove: q(&format!(
+                "DELETE FROM {{schema}}.dead_letters WHERE id = $1::uuid \
+                 RETURNING {DEAD_LETTER_COLUMNS}"
+            )),
             channel,
         }
     }
