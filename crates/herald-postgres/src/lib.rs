@@ -178,6 +178,7 @@ mod checkpoint;
 mod config;
 mod dead_letters;
 mod error;
+mod ledger;
 mod listener;
 mod log;
 mod migrate;

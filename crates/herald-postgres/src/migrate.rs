@@ -37,6 +37,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "dead_letters",
         sql: include_str!("../migrations/0003_dead_letters.sql"),
     },
+    Migration {
+        version: 4,
+        name: "ledger",
+        sql: include_str!("../migrations/0004_ledger.sql"),
+    },
 ];
 
 /// FNV-1a, 64 bits: a checksum that stays the same across Rust releases.

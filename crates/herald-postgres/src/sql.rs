@@ -44,6 +44,8 @@ pub(crate) struct Queries {
     pub(crate) dead_letter_list: String,
     pub(crate) dead_letter_get: String,
     pub(crate) dead_letter_remove: String,
+    pub(crate) ledger_contains: String,
+    pub(crate) ledger_insert: String,
 }
 
 impl Queries {
@@ -97,6 +99,13 @@ impl Queries {
             ),
             checkpoint_save: q(include_str!("../queries/checkpoints/save.sql")),
             checkpoint_reset: q("DELETE FROM {schema}.checkpoints WHERE subscriber = $1::text"),
+            ledger_contains: q("SELECT EXISTS (SELECT 1 FROM {schema}.ledger \
+                 WHERE subscriber = $1::text AND event_id = $2::uuid)"),
+            ledger_insert: q(
+                "INSERT INTO {schema}.ledger (subscriber, event_id, handled_at) \
+                 VALUES ($1::text, $2::uuid, now()) \
+                 ON CONFLICT (subscriber, event_id) DO NOTHING",
+            ),
             dead_letter_record: q(include_str!("../queries/dead_letters/record.sql")),
             dead_letter_list: q(include_str!("../queries/dead_letters/list.sql")),
             dead_letter_get: q(&format!(
