@@ -28,6 +28,25 @@
 //!
 //! For the outbox, see [`PgStore::append_in_tx`].
 //!
+//! It also implements [`CheckpointStore`](herald::store::CheckpointStore),
+//! [`DeadLetterStore`](herald::DeadLetterStore) and [`Ledger`](herald::Ledger),
+//! so a bus built on it keeps its durable subscribers' checkpoints, its dead
+//! letters and its idempotency ledger in the store's schema, shared by every
+//! process that uses it:
+//!
+//! ```no_run
+//! # async fn example(store: herald_postgres::PgStore) {
+//! use std::sync::Arc;
+//! use herald::Bus;
+//!
+//! let store = Arc::new(store);
+//! let bus = Bus::builder()
+//!     .store(store.clone())
+//!     .dead_letter_store(store.clone())
+//!     .build();
+//! # }
+//! ```
+//!
 //! # Capabilities
 //!
 //! | capability | |
@@ -38,6 +57,14 @@
 //! | inbox | not yet |
 //! | competing consumers | not yet |
 //! | head watch | yes (LISTEN/NOTIFY), unless [`PgConfig::notify`] is off |
+//!
+//! Beside the [`EventStore`](herald::store::EventStore), in the same schema:
+//!
+//! | trait | kept in | |
+//! |---|---|---|
+//! | [`CheckpointStore`](herald::store::CheckpointStore) | `checkpoints` | durable subscribers resume where they were; a save is one upsert |
+//! | [`DeadLetterStore`](herald::DeadLetterStore) | `dead_letters` | see [Dead letters](#dead-letters) |
+//! | [`Ledger`](herald::Ledger) | `ledger` | idempotent subscribers skip what they handled, in any process on the schema; kept for good (one small row per subscriber and event) |
 //!
 //! # Schema
 //!
@@ -57,6 +84,11 @@
 //!   last times; its row is the lock that orders appends to the stream.
 //! - `links`: an existing event at a version of another stream.
 //! - `erased`: the positions of deleted events.
+//! - `checkpoints`: per durable subscriber, its position and when it was
+//!   saved.
+//! - `dead_letters`: one row per subscriber and event given up on (see
+//!   below).
+//! - `ledger`: per subscriber, the ids of the events it handled, and when.
 //!
 //! # Appends
 //!
@@ -150,6 +182,21 @@
 //! stream's events and links and its row in one transaction; links to its
 //! events from other streams go with them (holes), and the positions are
 //! recorded as erased, so readers pass the gap at once.
+//!
+//! # Dead letters
+//!
+//! Dead letters are rows of `dead_letters`, one per subscriber and event
+//! (unique together): recording the same event for the same subscriber
+//! again updates its row in one `INSERT … ON CONFLICT … DO UPDATE`
+//! (attempts added, errors appended, reason and last failure updated, id
+//! and first failure kept), so concurrent records never make two. The event
+//! is kept as its JSON, so a dead letter outlives the deletion of its
+//! stream. `list` is oldest first by first failure, then id; it filters by
+//! subscriber and failure time in SQL and by event type and error text as
+//! it reads, and its limit counts only the dead letters that pass. Times are
+//! kept to the microsecond, as PostgreSQL does: the attempts' times are
+//! rounded down to it when recorded, so they read back as recorded. Dead
+//! letters are kept until they are retried or removed.
 //!
 //! # The head watch
 //!
