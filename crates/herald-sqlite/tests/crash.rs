@@ -1,14 +1,13 @@
 //! Crash safety with real processes: a writer and a consumer are killed with
 //! SIGKILL in the middle of their work, and the store is checked after.
 //!
-//! The child processes are this test binary run again with
-//! `HERALD_CRASH_ROLE` set: the `crash_child` test then plays the role and
-//! never returns on its own.
+//! The child processes are this test binary run again
+//! (`herald_testkit::process`): the `crash_child` test then plays the role
+//! and never returns on its own.
 
 use std::collections::HashSet;
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,49 +17,21 @@ use herald::{
     Bus, Context, DeliveryMode, EventId, HandlerResult, NewEvent, RecordedEvent, Subscriber,
 };
 use herald_sqlite::{SqliteConfig, SqliteStore};
+use herald_testkit::process::{self, kill_after};
 use serde_json::json;
 
-const ROLE: &str = "HERALD_CRASH_ROLE";
 const DB: &str = "HERALD_CRASH_DB";
 const HANDLED: &str = "HERALD_CRASH_HANDLED";
 /// Events per append of the writer.
 const BATCH: usize = 10;
 
 /// Starts this test binary again in a child role.
-fn spawn(role: &str, db: &Path, handled: Option<&Path>) -> Child {
-    let mut cmd = Command::new(std::env::current_exe().expect("the test binary"));
-    cmd.args(["--exact", "crash_child", "--nocapture", "--test-threads=1"])
-        .env(ROLE, role)
-        .env(DB, db)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null());
+fn spawn(role: &str, db: &Path, handled: Option<&Path>) -> std::process::Child {
+    let mut env = vec![(DB, db.as_os_str())];
     if let Some(handled) = handled {
-        cmd.env(HANDLED, handled);
+        env.push((HANDLED, handled.as_os_str()));
     }
-    cmd.spawn().expect("start the child process")
-}
-
-/// Reads the child's stdout until `count` lines starting with `prefix` came,
-/// then kills it with SIGKILL; returns those lines.
-fn kill_after(mut child: Child, prefix: &str, count: usize) -> Vec<String> {
-    let stdout = child.stdout.take().expect("piped stdout");
-    let mut seen = Vec::new();
-    for line in BufReader::new(stdout).lines() {
-        let line = line.expect("a line from the child");
-        if let Some(rest) = line.strip_prefix(prefix) {
-            seen.push(rest.trim().to_owned());
-            if seen.len() >= count {
-                break;
-            }
-        }
-    }
-    assert!(
-        seen.len() >= count,
-        "the child ended before {count} {prefix:?} lines"
-    );
-    child.kill().expect("SIGKILL the child");
-    child.wait().expect("reap the child");
-    seen
+    process::spawn_self("crash_child", role, &env)
 }
 
 async fn open(db: &Path) -> SqliteStore {
@@ -72,7 +43,7 @@ async fn open(db: &Path) -> SqliteStore {
 /// The role a child plays, if any.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crash_child() {
-    let Ok(role) = std::env::var(ROLE) else {
+    let Some(role) = process::role() else {
         return; // run as an ordinary test: nothing to do
     };
     let db = PathBuf::from(std::env::var(DB).expect("the database path"));

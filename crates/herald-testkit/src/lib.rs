@@ -18,4 +18,5 @@
 
 pub mod dead_letters;
 pub mod durable;
+pub mod process;
 pub mod store;
