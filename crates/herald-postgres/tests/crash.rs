@@ -2,20 +2,20 @@
 //! with SIGKILL in the middle of their work, and a durable subscriber has its
 //! connections terminated by the server while events are published.
 //!
-//! The child processes are this test binary run again with
-//! `HERALD_CRASH_ROLE` set: the `crash_child` test then plays the role and
-//! never returns on its own. A child also exits as soon as its stdin closes,
+//! The child processes are this test binary run again
+//! (`herald_testkit::process`): the `crash_child` test then plays the role
+//! and never returns on its own; it also exits as soon as its stdin closes,
 //! so that it cannot outlive the test process, however that one ends.
 
 mod support;
 
 use std::collections::{HashMap, HashSet};
-use std::io::{BufRead, BufReader, Read, Write};
+use std::ffi::OsStr;
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures_util::TryStreamExt;
 use herald::store::{
@@ -25,84 +25,27 @@ use herald::{
     Bus, Context, DeliveryMode, EventId, HandlerResult, NewEvent, RecordedEvent, Subscriber,
 };
 use herald_postgres::{PgConfig, PgStore};
+use herald_testkit::process::{self, kill_after};
 use serde_json::json;
 use sqlx::Connection;
 use tokio::sync::Notify;
 
-const ROLE: &str = "HERALD_CRASH_ROLE";
 const SCHEMA: &str = "HERALD_CRASH_SCHEMA";
 const HANDLED: &str = "HERALD_CRASH_HANDLED";
 /// Events per append of the writer.
 const BATCH: usize = 10;
-/// How long a child may take to print what the parent waits for.
-const CHILD_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// A child process that is killed (SIGKILL) and reaped when dropped, on every
-/// path out of the test, panics included.
-struct ChildGuard(Child);
-
-impl ChildGuard {
-    fn kill(&mut self) {
-        // Fails only if it has been reaped already.
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl Drop for ChildGuard {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
 
 /// Starts this test binary again in a child role, on this schema.
-fn spawn(role: &str, schema: &str, handled: Option<&Path>) -> ChildGuard {
-    let mut cmd = Command::new(std::env::current_exe().expect("the test binary"));
-    cmd.args(["--exact", "crash_child", "--nocapture", "--test-threads=1"])
-        .env(ROLE, role)
-        .env(SCHEMA, schema)
-        .env(support::URL_VAR, support::url())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null());
+fn spawn(role: &str, schema: &str, handled: Option<&Path>) -> process::ChildGuard {
+    let url = support::url();
+    let mut env = vec![
+        (SCHEMA, OsStr::new(schema)),
+        (support::URL_VAR, OsStr::new(&url)),
+    ];
     if let Some(handled) = handled {
-        cmd.env(HANDLED, handled);
+        env.push((HANDLED, handled.as_os_str()));
     }
-    ChildGuard(cmd.spawn().expect("start the child process"))
-}
-
-/// Reads the child's stdout until `count` lines starting with `prefix` came,
-/// then kills it with SIGKILL; returns the rest of those lines. Fails when
-/// the child ends or stays silent too long before that.
-fn kill_after(mut child: ChildGuard, prefix: &'static str, count: usize) -> Vec<String> {
-    let stdout = child.0.stdout.take().expect("piped stdout");
-    let (tx, rx) = std::sync::mpsc::channel();
-    // A thread reads, so that the wait has a deadline; it ends when the
-    // pipe closes (the child killed).
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { return };
-            if let Some(rest) = line.strip_prefix(prefix)
-                && tx.send(rest.trim().to_owned()).is_err()
-            {
-                return;
-            }
-        }
-    });
-    let deadline = Instant::now() + CHILD_TIMEOUT;
-    let mut seen = Vec::new();
-    while seen.len() < count {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match rx.recv_timeout(left) {
-            Ok(line) => seen.push(line),
-            Err(err) => panic!(
-                "the child printed {} {prefix:?} lines of {count}, then {err}",
-                seen.len()
-            ),
-        }
-    }
-    child.kill();
-    seen
+    process::spawn_self("crash_child", role, &env)
 }
 
 /// A config for this schema, on the test database.
@@ -134,15 +77,10 @@ impl Drop for TempFile {
 /// The role a child plays, if any.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crash_child() {
-    let Ok(role) = std::env::var(ROLE) else {
+    let Some(role) = process::role() else {
         return; // run as an ordinary test: nothing to do
     };
-    // Ends this process once the parent is gone (its end of stdin closed).
-    std::thread::spawn(|| {
-        let mut sink = Vec::new();
-        let _ = std::io::stdin().read_to_end(&mut sink);
-        std::process::exit(3);
-    });
+    process::exit_when_parent_is_gone();
     let schema = std::env::var(SCHEMA).expect("the schema");
     let store = Arc::new(open(&schema).await);
     match role.as_str() {

@@ -26,7 +26,7 @@ const HANDLED: &str = "HERALD_CRASH_HANDLED";
 const BATCH: usize = 10;
 
 /// Starts this test binary again in a child role.
-fn spawn(role: &str, db: &Path, handled: Option<&Path>) -> std::process::Child {
+fn spawn(role: &str, db: &Path, handled: Option<&Path>) -> process::ChildGuard {
     let mut env = vec![(DB, db.as_os_str())];
     if let Some(handled) = handled {
         env.push((HANDLED, handled.as_os_str()));
@@ -46,6 +46,7 @@ async fn crash_child() {
     let Some(role) = process::role() else {
         return; // run as an ordinary test: nothing to do
     };
+    process::exit_when_parent_is_gone();
     let db = PathBuf::from(std::env::var(DB).expect("the database path"));
     let store = Arc::new(open(&db).await);
     let stdout = std::io::stdout();

@@ -4,37 +4,78 @@
 //!
 //! The child is the same test binary started with `--exact <entry test>`
 //! and an environment variable naming the role; the entry test plays the
-//! role when the variable is set and returns at once otherwise. The child
-//! reports progress as lines on stdout, which the parent reads to choose the
-//! moment of the kill.
+//! role when the variable is set ([`role`]) and returns at once otherwise.
+//! The child reports progress as lines on stdout, which the parent reads
+//! ([`kill_after`]) to choose the moment of the kill.
+//!
+//! # No orphans
+//!
+//! A child is held in a [`ChildGuard`], killed and reaped when dropped, on
+//! every path out of the test, panics included; and a child that calls
+//! [`exit_when_parent_is_gone`] ends as soon as its stdin closes, so it
+//! cannot outlive the test process however that one ends.
 
-use std::io::{BufRead, BufReader};
+use std::ffi::OsStr;
+use std::io::{BufRead, BufReader, Read};
 use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
 /// The environment variable that names a child's role.
 pub const ROLE_VAR: &str = "HERALD_CRASH_ROLE";
+
+/// How long a child may take to print what the parent waits for.
+const CHILD_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The role this process plays, if it was started by [`spawn_self`].
 pub fn role() -> Option<String> {
     std::env::var(ROLE_VAR).ok()
 }
 
+/// In a child: ends the process as soon as the parent is gone (its end of
+/// the child's stdin closed).
+pub fn exit_when_parent_is_gone() {
+    std::thread::spawn(|| {
+        let mut sink = Vec::new();
+        let _ = std::io::stdin().read_to_end(&mut sink);
+        std::process::exit(3);
+    });
+}
+
+/// A child process, killed (SIGKILL) and reaped when dropped.
+pub struct ChildGuard(Child);
+
+impl ChildGuard {
+    /// Kills the child with SIGKILL and reaps it.
+    pub fn kill(&mut self) {
+        // Fails only if it has been reaped already.
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
 /// Starts this test binary again, running only the test `entry`, in `role`,
-/// with `env` added to its environment and its stdout piped to the parent.
+/// with `env` added to its environment, its stdin and stdout piped.
 ///
 /// # Panics
 ///
 /// If the process cannot be started.
-pub fn spawn_self(entry: &str, role: &str, env: &[(&str, &std::ffi::OsStr)]) -> Child {
+pub fn spawn_self(entry: &str, role: &str, env: &[(&str, &OsStr)]) -> ChildGuard {
     let mut cmd = Command::new(std::env::current_exe().expect("the test binary"));
     cmd.args(["--exact", entry, "--nocapture", "--test-threads=1"])
         .env(ROLE_VAR, role)
+        .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::null());
     for (key, value) in env {
         cmd.env(key, value);
     }
-    cmd.spawn().expect("start the child process")
+    ChildGuard(cmd.spawn().expect("start the child process"))
 }
 
 /// Reads the child's stdout until `count` lines starting with `prefix` came,
@@ -42,26 +83,38 @@ pub fn spawn_self(entry: &str, role: &str, env: &[(&str, &std::ffi::OsStr)]) -> 
 ///
 /// # Panics
 ///
-/// If the child ends before printing them (it is reaped first).
-pub fn kill_after(mut child: Child, prefix: &str, count: usize) -> Vec<String> {
-    let stdout = child.stdout.take().expect("piped stdout");
+/// If the child ends, or stays silent for a minute, before printing them
+/// (it is killed first).
+pub fn kill_after(mut child: ChildGuard, prefix: &'static str, count: usize) -> Vec<String> {
+    let stdout = child.0.stdout.take().expect("piped stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    // A thread reads, so that the wait has a deadline; it ends when the pipe
+    // closes (the child killed).
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { return };
+            if let Some(rest) = line.strip_prefix(prefix) {
+                if tx.send(rest.trim().to_owned()).is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    let deadline = Instant::now() + CHILD_TIMEOUT;
     let mut seen = Vec::new();
-    for line in BufReader::new(stdout).lines() {
-        let Ok(line) = line else { break };
-        if let Some(rest) = line.strip_prefix(prefix) {
-            seen.push(rest.trim().to_owned());
-            if seen.len() >= count {
-                break;
+    while seen.len() < count {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) => seen.push(line),
+            Err(err) => {
+                child.kill();
+                panic!(
+                    "the child printed {} {prefix:?} lines of {count}, then {err}",
+                    seen.len()
+                );
             }
         }
     }
-    // Killed in every case, so that no child outlives the test.
-    let _ = child.kill();
-    let _ = child.wait();
-    assert!(
-        seen.len() >= count,
-        "the child ended after {} of {count} {prefix:?} lines",
-        seen.len()
-    );
+    child.kill();
     seen
 }
