@@ -1470,6 +1470,15 @@ impl BusInner {
                 store.append(&stream, new).await?
             }
         };
+        tracing::debug!(
+            event_id = %event.id(),
+            event_type = event.event_type(),
+            stream = event.stream(),
+            position = event.position(),
+            correlation_id = %event.correlation_id(),
+            subscribers = route.inline.len() + route.queued.len(),
+            "event published"
+        );
         for core in route.inline.iter() {
             if !core.is_enabled() {
                 continue;

@@ -385,3 +385,18 @@ async fn each_attempt_gets_the_timeout_and_timeouts_are_retried() {
     assert_eq!(err.kind(), ErrorKind::Timeout);
     assert_eq!(err.disposition(), Disposition::Retry { after: None });
 }
+
+#[tokio::test(flavor = "current_thread")]
+async fn every_published_event_is_logged_with_its_id_and_type() {
+    let (logs, _guard) = capture_logs();
+    let bus = Bus::new();
+    bus.subscribe(Subscriber::new("s", Seen::default()).topic("#"))
+        .unwrap();
+    let event = bus.publish("order.created", json!({})).await.unwrap();
+    let published = logs.with_message("event published");
+    assert_eq!(published.len(), 1);
+    assert_eq!(published[0].fields["event_id"], event.id().to_string());
+    assert_eq!(published[0].fields["event_type"], "order.created");
+    assert_eq!(published[0].fields["subscribers"], "1");
+    assert_eq!(published[0].level, tracing::Level::DEBUG);
+}
