@@ -27,7 +27,7 @@ use crate::listener;
 use crate::log::LogStream;
 use crate::migrate;
 use crate::sql::{Queries, pattern_regex};
-use crate::watermark::{Watermark, settled_prefix};
+use crate::watermark::{Issued, Watermark, settled_prefix};
 
 /// How many times an append or link starts again after a race it lost
 /// without a verdict (the stream changed between its statement and the
@@ -236,6 +236,18 @@ impl PgStore {
         }
         Ok(appended)
     }
+}
+
+/// What [`Inner::settled_run`] found in a batch of rows.
+struct SettledRun {
+    /// The watermark's settled bound after observing the batch.
+    settled: i64,
+    /// The batch's positions, in order.
+    positions: Vec<i64>,
+    /// How many of them run settled from the start.
+    count: usize,
+    /// The last settled position (`after` when none is).
+    last: i64,
 }
 
 /// The events of one append, checked and with ids and correlation ids
@@ -671,20 +683,12 @@ impl Inner {
             let Some(first) = rows.first() else {
                 return Ok((Vec::new(), after, false));
             };
-            let settled = self
-                .watermark
-                .observe(issued, first.try_get(0).map_err(read)?);
-            let positions = rows
-                .iter()
-                .map(|row| row.try_get::<i64, _>(2))
-                .collect::<Result<Vec<i64>, _>>()
-                .map_err(read)?;
-            let count = settled_prefix(after, settled, positions.iter().copied());
-            let last = if count > 0 {
-                positions[count - 1]
-            } else {
-                after
-            };
+            let SettledRun {
+                positions,
+                count,
+                last,
+                ..
+            } = self.settled_run(issued, first, &rows, 2, after, read)?;
             if after <= issued.settled() {
                 self.watermark.settle(last);
             }
@@ -701,6 +705,40 @@ impl Inner {
             let more = count == positions.len() && positions.len() as i64 == batch;
             return Ok((events, last, more));
         }
+    }
+
+    /// Tells the watermark what a batch of rows saw (the oldest running
+    /// transaction in column 0 of `first`), and finds how far the batch's
+    /// positions (column `column`) run settled after `after`.
+    fn settled_run(
+        &self,
+        issued: Issued,
+        first: &PgRow,
+        rows: &[PgRow],
+        column: usize,
+        after: i64,
+        read: impl Fn(sqlx::Error) -> StoreError,
+    ) -> Result<SettledRun, StoreError> {
+        let settled = self
+            .watermark
+            .observe(issued, first.try_get(0).map_err(&read)?);
+        let positions = rows
+            .iter()
+            .map(|row| row.try_get::<i64, _>(column))
+            .collect::<Result<Vec<i64>, _>>()
+            .map_err(&read)?;
+        let count = settled_prefix(after, settled, positions.iter().copied());
+        let last = if count > 0 {
+            positions[count - 1]
+        } else {
+            after
+        };
+        Ok(SettledRun {
+            settled,
+            positions,
+            count,
+            last,
+        })
     }
 
     /// A reader stopped at the gap at `position`: takes a mark if none
@@ -774,20 +812,12 @@ impl Inner {
             let Some(first) = rows.first() else {
                 return Ok(after.max(issued.settled()) as u64);
             };
-            let settled = self
-                .watermark
-                .observe(issued, first.try_get(0).map_err(read)?);
-            let positions = rows
-                .iter()
-                .map(|row| row.try_get::<i64, _>(1))
-                .collect::<Result<Vec<i64>, _>>()
-                .map_err(read)?;
-            let count = settled_prefix(after, settled, positions.iter().copied());
-            let last = if count > 0 {
-                positions[count - 1]
-            } else {
-                after
-            };
+            let SettledRun {
+                settled,
+                positions,
+                count,
+                last,
+            } = self.settled_run(issued, first, &rows, 1, after, read)?;
             self.watermark.settle(last);
             let head = last.max(settled);
             if count < positions.len() {
