@@ -2,8 +2,6 @@
 //!
 //! Run it with [`dead_letter_conformance!`](crate::dead_letter_conformance).
 
-use std::time::Duration;
-
 use chrono::{DateTime, Utc};
 use herald::{
     AttemptError, DeadLetterQuery, DeadLetterStore, ErrorKind, EventId, EventType, Metadata,
@@ -187,8 +185,6 @@ pub async fn lists_oldest_first_with_filters_and_a_limit<D: DeadLetterStore>(sto
             .await
             .expect("record");
         ids.push(recorded.id);
-        // Dead letters are ordered by when they were first recorded.
-        tokio::time::sleep(Duration::from_millis(2)).await;
     }
     let list = |q: DeadLetterQuery| {
         let store = &store;

@@ -179,8 +179,8 @@ pub struct MemoryDeadLetterStore {
 struct MemoryLetters {
     by_id: HashMap<Uuid, DeadLetter>,
     by_key: HashMap<(String, EventId), Uuid>,
-    /// Ids in order of first failure; ids are UUIDv7 so they sort by time.
-    order: BTreeMap<Uuid, ()>,
+    /// Dead letters in listing order: by first failure, then id.
+    order: BTreeMap<(DateTime<Utc>, Uuid), ()>,
 }
 
 impl MemoryDeadLetterStore {
@@ -227,7 +227,7 @@ impl DeadLetterStore for MemoryDeadLetterStore {
             last_failed_at: now,
         };
         g.by_key.insert(key, id);
-        g.order.insert(id, ());
+        g.order.insert((dead.first_failed_at, id), ());
         g.by_id.insert(id, dead.clone());
         Ok(dead)
     }
@@ -236,7 +236,7 @@ impl DeadLetterStore for MemoryDeadLetterStore {
         let g = self.lock();
         Ok(g.order
             .keys()
-            .filter_map(|id| g.by_id.get(id))
+            .filter_map(|(_, id)| g.by_id.get(id))
             .filter(|l| query.matches(l))
             .take(query.limit.unwrap_or(usize::MAX))
             .cloned()
@@ -253,7 +253,7 @@ impl DeadLetterStore for MemoryDeadLetterStore {
         if let Some(letter) = &removed {
             g.by_key
                 .remove(&(letter.subscriber.clone(), letter.event.id()));
-            g.order.remove(&id);
+            g.order.remove(&(letter.first_failed_at, id));
         }
         Ok(removed)
     }
