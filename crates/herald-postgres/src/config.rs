@@ -2,6 +2,10 @@
 
 use std::time::Duration;
 
+/// The shortest dead-letter retention: shorter ones are more likely a unit
+/// mistake (milliseconds for seconds) than a wish.
+const MIN_DEAD_LETTER_RETENTION: Duration = Duration::from_secs(1);
+
 /// The longest schema name: the notification channel `<schema>.herald_events`
 /// must fit PostgreSQL's 63-byte identifier limit.
 pub const MAX_SCHEMA_LEN: usize = 49;
@@ -51,6 +55,13 @@ pub struct PgConfig {
     /// How many rows [`read_all`](herald::store::EventStore::read_all)
     /// fetches per round trip unless the query says otherwise. Default 2048.
     pub read_batch_size: usize,
+    /// How long dead letters are kept after their last failure: older ones
+    /// are removed when the store connects and, at most once a minute, when
+    /// a dead letter is recorded (see
+    /// [`PgStore::purge_dead_letters`](crate::PgStore::purge_dead_letters)
+    /// to remove them on demand). When set, at least one second. Default:
+    /// `None` (kept until removed).
+    pub dead_letter_retention: Option<Duration>,
 }
 
 impl Default for PgConfig {
@@ -64,6 +75,7 @@ impl Default for PgConfig {
             notify: true,
             poll_interval: Duration::from_secs(1),
             read_batch_size: 2048,
+            dead_letter_retention: None,
         }
     }
 }
@@ -119,6 +131,21 @@ impl PgConfig {
         self
     }
 
+    /// Removes dead letters this long after their last failure.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use herald_postgres::PgConfig;
+    ///
+    /// let config = PgConfig::new("postgres://localhost/app")
+    ///     .dead_letter_retention(Duration::from_secs(14 * 24 * 60 * 60));
+    /// assert!(config.validate().is_ok());
+    /// ```
+    pub fn dead_letter_retention(mut self, retention: Duration) -> Self {
+        self.dead_letter_retention = Some(retention);
+        self
+    }
+
     /// Checks every field.
     ///
     /// # Errors
@@ -144,6 +171,13 @@ impl PgConfig {
         }
         if self.read_batch_size == 0 {
             return Err(ConfigError::ZeroBatchSize);
+        }
+        if let Some(retention) = self.dead_letter_retention {
+            if retention < MIN_DEAD_LETTER_RETENTION
+                || i64::try_from(retention.as_micros()).is_err()
+            {
+                return Err(ConfigError::DeadLetterRetention(retention));
+            }
         }
         Ok(())
     }
@@ -213,6 +247,12 @@ pub enum ConfigError {
     /// `read_batch_size` is 0.
     #[error("invalid postgres config: read_batch_size is 0")]
     ZeroBatchSize,
+    /// `dead_letter_retention` is under a second (more likely a unit
+    /// mistake than a wish) or too long to express.
+    #[error(
+        "invalid postgres config: dead_letter_retention of {0:?} is out of range (one second to 292,000 years)"
+    )]
+    DeadLetterRetention(Duration),
 }
 
 #[cfg(test)]
@@ -249,8 +289,19 @@ mod tests {
             })
         );
         assert_eq!(
-            base.read_batch_size(0).validate(),
+            base.clone().read_batch_size(0).validate(),
             Err(ConfigError::ZeroBatchSize)
+        );
+        assert_eq!(
+            base.clone()
+                .dead_letter_retention(Duration::from_millis(999))
+                .validate(),
+            Err(ConfigError::DeadLetterRetention(Duration::from_millis(999)))
+        );
+        assert_eq!(
+            base.dead_letter_retention(Duration::from_secs(1))
+                .validate(),
+            Ok(())
         );
     }
 }

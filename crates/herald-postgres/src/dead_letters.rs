@@ -1,6 +1,10 @@
 //! [`DeadLetterStore`] for [`PgStore`]: dead letters in the `dead_letters`
 //! table of the store's schema.
 
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use futures_util::TryStreamExt;
@@ -42,7 +46,13 @@ use crate::store::PgStore;
 ///
 /// # Retention
 ///
-/// Dead letters are kept until removed.
+/// Dead letters are kept until removed, unless
+/// [`PgConfig::dead_letter_retention`](crate::PgConfig::dead_letter_retention)
+/// is set: then those whose last failure is older than the retention are
+/// removed when the store connects and, at most once a minute, after a dead
+/// letter is recorded (by any process sharing the schema; a removal that
+/// races another is harmless). [`PgStore::purge_dead_letters`] removes them
+/// on demand.
 #[async_trait]
 impl DeadLetterStore for PgStore {
     async fn record(&self, letter: NewDeadLetter) -> Result<DeadLetter, DeadLetterError> {
@@ -74,7 +84,43 @@ impl DeadLetterStore for PgStore {
             .fetch_one(self.pool())
             .await
             .map_err(|e| store_error(backend("record a dead letter")(e)))?;
-        decode(&row)
+        let recorded = decode(&row)?;
+        if self.config().dead_letter_retention.is_some() {
+            let now = Utc::now().timestamp();
+            let last = self.inner().last_purge.load(Ordering::Relaxed);
+            if now - last >= PURGE_EVERY_SECS
+                && self
+                    .inner()
+                    .last_purge
+                    .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                    .is_ok()
+            {
+                // The dead letter is recorded: a failed purge is only
+                // logged, and tried again a minute later.
+                if let Err(err) = self.purge_past_retention().await {
+                    tracing::warn!(error = %err, "could not remove dead letters past their retention");
+                }
+            }
+        }
+        Ok(recorded)
+    }
+
+    async fn counts(&self) -> Result<BTreeMap<String, u64>, DeadLetterError> {
+        let rows = sqlx::query(&self.inner().sql.dead_letter_counts)
+            .fetch_all(self.pool())
+            .await
+            .map_err(|e| store_error(backend("count dead letters")(e)))?;
+        rows.iter()
+            .map(|row| {
+                let subscriber: String = row
+                    .try_get(0)
+                    .map_err(|e| store_error(backend("count dead letters")(e)))?;
+                let count: i64 = row
+                    .try_get(1)
+                    .map_err(|e| store_error(backend("count dead letters")(e)))?;
+                Ok((subscriber, u64::try_from(count).unwrap_or_default()))
+            })
+            .collect()
     }
 
     async fn list(&self, query: &DeadLetterQuery) -> Result<Vec<DeadLetter>, DeadLetterError> {
@@ -120,6 +166,65 @@ impl DeadLetterStore for PgStore {
             .await
             .map_err(|e| store_error(backend("remove a dead letter")(e)))?;
         row.as_ref().map(decode).transpose()
+    }
+}
+
+/// How often recording a dead letter also purges the expired ones.
+const PURGE_EVERY_SECS: i64 = 60;
+
+impl PgStore {
+    /// Removes the dead letters whose last failure is more than
+    /// `older_than` ago, and returns how many it removed.
+    ///
+    /// [`PgConfig::dead_letter_retention`](crate::PgConfig::dead_letter_retention)
+    /// does this on its own; this is for stores without a retention, or to
+    /// purge now.
+    ///
+    /// ```no_run
+    /// # async fn example(store: herald_postgres::PgStore) -> Result<(), herald::DeadLetterError> {
+    /// use std::time::Duration;
+    ///
+    /// let removed = store.purge_dead_letters(Duration::from_secs(30 * 24 * 60 * 60)).await?;
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`DeadLetterError::Store`] when PostgreSQL fails; nothing is removed
+    /// then.
+    pub async fn purge_dead_letters(&self, older_than: Duration) -> Result<u64, DeadLetterError> {
+        // No dead letter failed before the year 1 (PostgreSQL's range ends
+        // in 4713 BC), so a cutoff before it removes nothing.
+        let year_one = DateTime::<Utc>::from_timestamp(-62_135_596_800, 0).unwrap_or_default();
+        let before = chrono::Duration::from_std(older_than)
+            .ok()
+            .and_then(|age| Utc::now().checked_sub_signed(age))
+            .unwrap_or(year_one);
+        if before <= year_one {
+            return Ok(0);
+        }
+        let done = sqlx::query(&self.inner().sql.dead_letter_purge)
+            .bind(to_micros(before))
+            .execute(self.pool())
+            .await
+            .map_err(|e| store_error(backend("purge old dead letters")(e)))?;
+        let removed = done.rows_affected();
+        if removed > 0 {
+            tracing::info!(
+                removed,
+                "herald-postgres: removed dead letters past retention"
+            );
+        }
+        Ok(removed)
+    }
+
+    /// Applies [`PgConfig::dead_letter_retention`](crate::PgConfig::dead_letter_retention),
+    /// if set.
+    pub(crate) async fn purge_past_retention(&self) -> Result<u64, DeadLetterError> {
+        match self.config().dead_letter_retention {
+            Some(retention) => self.purge_dead_letters(retention).await,
+            None => Ok(0),
+        }
     }
 }
 

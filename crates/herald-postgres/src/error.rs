@@ -37,6 +37,11 @@ pub enum ConnectError {
         /// What differs.
         detail: String,
     },
+    /// Removing the dead letters past
+    /// [`PgConfig::dead_letter_retention`](crate::PgConfig::dead_letter_retention)
+    /// failed.
+    #[error("cannot remove the dead letters past their retention: {0}")]
+    Purge(#[source] herald::DeadLetterError),
 }
 
 /// A database error, with the store operation that met it; the payload of

@@ -44,6 +44,8 @@ pub(crate) struct Queries {
     pub(crate) dead_letter_list: String,
     pub(crate) dead_letter_get: String,
     pub(crate) dead_letter_remove: String,
+    pub(crate) dead_letter_counts: String,
+    pub(crate) dead_letter_purge: String,
     pub(crate) ledger_contains: String,
     pub(crate) ledger_insert: String,
 }
@@ -115,6 +117,12 @@ impl Queries {
                 "DELETE FROM {{schema}}.dead_letters WHERE id = $1::uuid \
                  RETURNING {DEAD_LETTER_COLUMNS}"
             )),
+            dead_letter_counts: q(
+                "SELECT subscriber, count(*) FROM {schema}.dead_letters GROUP BY subscriber",
+            ),
+            dead_letter_purge: q(
+                "DELETE FROM {schema}.dead_letters WHERE last_failed_at < $1::timestamptz",
+            ),
             channel,
         }
     }

@@ -2,6 +2,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::str::FromStr;
+use std::sync::atomic::AtomicI64;
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
@@ -54,6 +55,10 @@ pub(crate) struct Inner {
     pub(crate) head: watch::Sender<u64>,
     wake: Arc<Notify>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
+    /// When dead letters past the retention were last removed (Unix
+    /// seconds), so that recording a dead letter purges at most once a
+    /// minute.
+    pub(crate) last_purge: AtomicI64,
 }
 
 impl Drop for Inner {
@@ -124,8 +129,15 @@ impl PgStore {
             head: watch::channel(0).0,
             wake: Arc::new(Notify::new()),
             tasks: Mutex::new(Vec::new()),
+            last_purge: AtomicI64::new(Utc::now().timestamp()),
             config,
         });
+        let store = Self { inner };
+        store
+            .purge_past_retention()
+            .await
+            .map_err(ConnectError::Purge)?;
+        let inner = store.inner;
         if inner.config.notify {
             let tasks = vec![
                 tokio::spawn(listener::notify(

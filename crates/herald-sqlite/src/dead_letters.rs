@@ -5,6 +5,7 @@
 //! purges) go to the writer thread like every other write, so they share
 //! its group commit and are as durable as an append.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -47,6 +48,7 @@ const INSERT: &str = "INSERT INTO dead_letters \
 const UPDATE: &str = "UPDATE dead_letters \
      SET attempts = ?2, reason = ?3, errors = ?4, last_failed_at = ?5 WHERE id = ?1";
 const DELETE: &str = "DELETE FROM dead_letters WHERE id = ?1";
+const COUNTS: &str = "SELECT subscriber, count(*) FROM dead_letters GROUP BY subscriber";
 const PURGE: &str = "DELETE FROM dead_letters WHERE last_failed_at < ?1";
 
 /// Dead letters live in the same file as the history, in the
@@ -90,6 +92,10 @@ impl DeadLetterStore for SqliteStore {
         self.read(move |conn| list(conn, &query, limit))
             .await
             .map_err(store_error)
+    }
+
+    async fn counts(&self) -> Result<BTreeMap<String, u64>, DeadLetterError> {
+        self.read(counts).await.map_err(store_error)
     }
 
     async fn get(&self, id: Uuid) -> Result<Option<DeadLetter>, DeadLetterError> {
@@ -182,6 +188,22 @@ fn list(
         }
     }
     Ok(found)
+}
+
+fn counts(conn: &Connection) -> Result<BTreeMap<String, u64>, StoreError> {
+    let context = || "count dead letters".to_owned();
+    let mut statement = conn.prepare_cached(COUNTS).context(context())?;
+    let rows = statement
+        .query_map([], |row| {
+            Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?))
+        })
+        .context(context())?;
+    let mut counts = BTreeMap::new();
+    for row in rows {
+        let (subscriber, count) = row.context(context())?;
+        counts.insert(subscriber, u64::try_from(count).unwrap_or_default());
+    }
+    Ok(counts)
 }
 
 fn get(conn: &Connection, id: Uuid) -> Result<Option<DeadLetter>, StoreError> {

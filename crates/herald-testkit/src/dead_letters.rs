@@ -22,6 +22,7 @@ macro_rules! dead_letter_conformance {
             keeps_one_dead_letter_per_subscriber_for_the_same_event,
             lists_oldest_first_with_filters_and_a_limit,
             gets_and_removes_dead_letters,
+            counts_dead_letters_per_subscriber,
         );
     };
 }
@@ -259,4 +260,37 @@ pub async fn gets_and_removes_dead_letters<D: DeadLetterStore>(store: D) {
         .expect("record");
     assert_ne!(again.id, recorded.id);
     assert_eq!(again.attempts, 1);
+}
+
+/// `counts` has one entry per subscriber with dead letters: a repeated
+/// failure does not count twice, a removal counts down.
+pub async fn counts_dead_letters_per_subscriber<D: DeadLetterStore>(store: D) {
+    assert!(store.counts().await.expect("counts").is_empty());
+    let t = Utc::now();
+    let first = event("order.created", 1);
+    let a1 = store
+        .record(letter("a", &first, attempts(1, &["x"], t)))
+        .await
+        .expect("record");
+    store
+        .record(letter("a", &first, attempts(2, &["x again"], t)))
+        .await
+        .expect("record the same failure again");
+    store
+        .record(letter("a", &event("order.paid", 2), attempts(1, &["y"], t)))
+        .await
+        .expect("record");
+    store
+        .record(letter("b", &first, attempts(1, &["z"], t)))
+        .await
+        .expect("record");
+    let counts = store.counts().await.expect("counts");
+    assert_eq!(
+        counts.into_iter().collect::<Vec<_>>(),
+        [("a".to_owned(), 2), ("b".to_owned(), 1)]
+    );
+    store.remove(a1.id).await.expect("remove");
+    let counts = store.counts().await.expect("counts");
+    assert_eq!(counts.get("a"), Some(&1));
+    assert_eq!(counts.get("b"), Some(&1));
 }

@@ -159,6 +159,19 @@ pub trait DeadLetterStore: Send + Sync + 'static {
 
     /// Removes a dead letter.
     async fn remove(&self, id: Uuid) -> Result<Option<DeadLetter>, DeadLetterError>;
+
+    /// How many dead letters each subscriber has; subscribers with none are
+    /// absent.
+    ///
+    /// The default lists every dead letter; stores that can count in their
+    /// query language do so instead.
+    async fn counts(&self) -> Result<BTreeMap<String, u64>, DeadLetterError> {
+        let mut counts = BTreeMap::new();
+        for letter in self.list(&DeadLetterQuery::default()).await? {
+            *counts.entry(letter.subscriber).or_insert(0) += 1;
+        }
+        Ok(counts)
+    }
 }
 
 /// Dead letters in memory: lost when the process ends.
@@ -256,5 +269,13 @@ impl DeadLetterStore for MemoryDeadLetterStore {
             g.order.remove(&(letter.first_failed_at, id));
         }
         Ok(removed)
+    }
+
+    async fn counts(&self) -> Result<BTreeMap<String, u64>, DeadLetterError> {
+        let mut counts = BTreeMap::new();
+        for (subscriber, _) in self.lock().by_key.keys() {
+            *counts.entry(subscriber.clone()).or_insert(0) += 1;
+        }
+        Ok(counts)
     }
 }

@@ -252,6 +252,7 @@ mod error;
 mod event;
 mod handler;
 mod id;
+mod metrics;
 pub mod middleware;
 pub mod store;
 pub mod testing;

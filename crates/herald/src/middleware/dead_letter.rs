@@ -89,6 +89,7 @@ pub(crate) async fn park(
     };
     match store.record(letter).await {
         Ok(dead) => {
+            crate::metrics::dead_letter_recorded(ctx.subscriber());
             tracing::error!(
                 event_id = %event.id(),
                 event_type = event.event_type(),

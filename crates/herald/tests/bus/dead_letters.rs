@@ -235,3 +235,84 @@ async fn dead_letters_can_be_retried_in_bulk_by_query() {
         .unwrap();
     assert_eq!(by_error.len(), 3);
 }
+
+#[test]
+fn dead_letters_are_counted_per_subscriber_and_reported_as_metrics() {
+    use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    // A thread-local recorder, and a runtime on this thread, so that other
+    // tests running at the same time do not report into it.
+    let _guard = metrics::set_default_local_recorder(&recorder);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let bus = Bus::new();
+        bus.subscribe(
+            Subscriber::new(
+                "mailer",
+                handler_fn(|_, _| async { Err(HandlerError::dead_letter("smtp down")) }),
+            )
+            .topic("order.*"),
+        )
+        .unwrap();
+        bus.subscribe(Subscriber::new("audit", Seen::default()).topic("#"))
+            .unwrap();
+        for n in 0..3 {
+            bus.publish("order.created", json!({ "n": n }))
+                .await
+                .unwrap();
+        }
+        let counts = bus.dead_letter_counts().await.unwrap();
+        assert_eq!(
+            counts.into_iter().collect::<Vec<_>>(),
+            [("mailer".to_owned(), 3)]
+        );
+        let first = bus.dead_letters(&Default::default()).await.unwrap()[0].id;
+        bus.discard_dead_letter(first).await.unwrap();
+        assert_eq!(
+            bus.dead_letter_counts().await.unwrap().get("mailer"),
+            Some(&2)
+        );
+    });
+
+    let metric = |name: &str, labels: &[(&str, &str)]| {
+        snapshotter
+            .snapshot()
+            .into_vec()
+            .into_iter()
+            .find(|(key, _, _, _)| {
+                let key = key.key();
+                key.name() == name
+                    && labels
+                        .iter()
+                        .all(|(k, v)| key.labels().any(|l| l.key() == *k && l.value() == *v))
+            })
+            .map(|(_, _, _, value)| value)
+    };
+    assert_eq!(
+        metric(
+            "herald_dead_letters_recorded_total",
+            &[("subscriber", "mailer")]
+        ),
+        Some(DebugValue::Counter(3))
+    );
+    assert_eq!(
+        metric(
+            "herald_dead_letters_resolved_total",
+            &[("subscriber", "mailer"), ("outcome", "discarded")]
+        ),
+        Some(DebugValue::Counter(1))
+    );
+    assert_eq!(
+        metric("herald_dead_letters", &[("subscriber", "mailer")]),
+        Some(DebugValue::Gauge(2.0.into()))
+    );
+    assert_eq!(
+        metric("herald_dead_letters", &[("subscriber", "audit")]),
+        Some(DebugValue::Gauge(0.0.into()))
+    );
+}

@@ -1,0 +1,30 @@
+//! The metrics Herald reports through the [`metrics`] facade.
+//!
+//! The facade lets the application choose the exporter (Prometheus, say)
+//! and costs an atomic load per call when none is installed, so these sit
+//! on the failure paths freely; the publish path reports none.
+//!
+//! | name | kind | labels | meaning |
+//! |---|---|---|---|
+//! | `herald_dead_letters_recorded_total` | counter | `subscriber` | events written to the dead letters (a repeated failure of one event counts again) |
+//! | `herald_dead_letters_resolved_total` | counter | `subscriber`, `outcome` (`retried`, `discarded`) | dead letters removed through the bus |
+//! | `herald_dead_letters` | gauge | `subscriber` | dead letters in the store, set by [`Bus::dead_letter_counts`](crate::Bus::dead_letter_counts) |
+
+pub(crate) fn dead_letter_recorded(subscriber: &str) {
+    metrics::counter!("herald_dead_letters_recorded_total", "subscriber" => subscriber.to_owned())
+        .increment(1);
+}
+
+pub(crate) fn dead_letter_resolved(subscriber: &str, outcome: &'static str) {
+    metrics::counter!(
+        "herald_dead_letters_resolved_total",
+        "subscriber" => subscriber.to_owned(),
+        "outcome" => outcome
+    )
+    .increment(1);
+}
+
+pub(crate) fn dead_letter_count(subscriber: &str, count: u64) {
+    // A gauge holds an f64; counts stay far below 2^53.
+    metrics::gauge!("herald_dead_letters", "subscriber" => subscriber.to_owned()).set(count as f64);
+}
