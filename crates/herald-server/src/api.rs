@@ -6,5 +6,5 @@ use crate::app::AppState;
 
 /// The API's routes.
 pub(crate) fn routes() -> Router<AppState> {
-    Router::new()
+    Router::new().merge(crate::webhooks::routes())
 }

@@ -22,6 +22,7 @@ mod metrics;
 pub mod problem;
 pub mod server;
 mod ui;
+mod webhooks;
 
 pub use crate::app::{AppState, router};
 pub use crate::backend::{Backend, OpenStoreError};
@@ -31,4 +32,6 @@ pub use crate::server::{ServeError, Server};
 
 /// Work done once the state is built, before the first request: resumes
 /// the webhook subscribers kept in the store.
-pub(crate) async fn startup(_state: &AppState) {}
+pub(crate) async fn startup(state: &AppState) {
+    webhooks::resume(state).await;
+}
