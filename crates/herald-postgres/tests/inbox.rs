@@ -239,6 +239,94 @@ async fn a_handler_that_swallows_a_failed_statement_does_not_count_as_handled() 
     assert_eq!(entries(&store, "billing").await, 0);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handler_that_removes_its_entry_does_not_count_as_handled() {
+    let store = support::store().await;
+    let delete = format!(
+        "DELETE FROM \"{}\".inbox WHERE event_id = $1",
+        store.config().schema
+    );
+    let inbox = Inbox::new(
+        store.clone(),
+        inbox_fn(move |event, _ctx, tx| {
+            let delete = delete.clone();
+            Box::pin(async move {
+                sqlx::query(&delete)
+                    .bind(event.id().as_uuid())
+                    .execute(&mut **tx)
+                    .await
+                    .map_err(HandlerError::retry)?;
+                Ok(())
+            })
+        }),
+    );
+    let event = events(&store, "pay-1", 1).await.remove(0);
+    let error = inbox
+        .handle(&event, &Context::detached("billing"))
+        .await
+        .unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::Ledger);
+    let inner = error.get_ref().downcast_ref::<InboxError>().unwrap();
+    assert!(matches!(inner, InboxError::EntryLost { .. }), "{inner:?}");
+    assert!(inner.sqlx().is_none());
+    assert_eq!(entries(&store, "billing").await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn follow_up_events_appended_in_the_transaction_commit_with_the_entry() {
+    let store = support::store().await;
+    let fail = Arc::new(AtomicBool::new(true));
+    let inbox = {
+        let (appender, fail) = (store.clone(), Arc::clone(&fail));
+        Inbox::new(
+            store.clone(),
+            inbox_fn(move |event, _ctx, tx| {
+                let (store, fail) = (appender.clone(), Arc::clone(&fail));
+                Box::pin(async move {
+                    let stream = StreamName::new("shipments").unwrap();
+                    let follow_up = NewEvent::new(
+                        "shipment.requested",
+                        json!({ "payment": event.id().to_string() }),
+                    );
+                    store
+                        .append_in_tx(tx, &stream, ExpectedVersion::Any, vec![follow_up])
+                        .await
+                        .map_err(HandlerError::retry)?;
+                    if fail.load(Ordering::SeqCst) {
+                        return Err(HandlerError::retry("the carrier is down"));
+                    }
+                    Ok(())
+                })
+            }),
+        )
+    };
+    let event = events(&store, "pay-1", 1).await.remove(0);
+    let ctx = Context::detached("shipping");
+    let shipments = || async {
+        store
+            .read_stream(
+                &StreamName::new("shipments").unwrap(),
+                herald::store::ReadStream::forward(),
+            )
+            .await
+            .expect("read the shipments")
+            .len()
+    };
+
+    inbox.handle(&event, &ctx).await.unwrap_err();
+    assert_eq!(shipments().await, 0, "the failed delivery appended nothing");
+    fail.store(false, Ordering::SeqCst);
+    inbox.handle(&event, &ctx).await.unwrap();
+    inbox.handle(&event, &ctx).await.unwrap();
+    assert_eq!(
+        shipments().await,
+        1,
+        "one follow-up event, from one delivery"
+    );
+    assert_eq!(inbox.duplicates(), 1);
+    assert_eq!(entries(&store, "shipping").await, 1);
+}
+
 /// Backends of this schema's inbox waiting for a lock: a second delivery
 /// queued behind the first one's entry.
 async fn waiting_on_the_inbox(store: &PgStore) -> i64 {
