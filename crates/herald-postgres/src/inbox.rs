@@ -284,7 +284,8 @@ struct Shared<H> {
 ///
 /// 1. it inserts `(subscriber, event id)` into the inbox, unless it is
 ///    there; a second delivery of the same event waits here, on the primary
-///    key, until the first one's transaction ends;
+///    key, until the first one's transaction ends (and goes on as if alone
+///    if that one rolled back);
 /// 2. if the row was there (a committed earlier delivery), it rolls back,
 ///    counts a [duplicate](Self::duplicates), logs it at DEBUG and returns
 ///    `Ok` without calling the handler;
@@ -304,6 +305,16 @@ struct Shared<H> {
 ///
 /// The transaction uses PostgreSQL's default isolation (`READ COMMITTED`)
 /// and holds a pool connection while the handler runs.
+///
+/// # Crash safety
+///
+/// A process killed while a handler runs leaves its transaction open, and
+/// PostgreSQL rolls it back when the connection drops: neither the entry nor
+/// the writes stay, and the redelivery runs the handler. A process killed
+/// after the commit but before the delivery was acknowledged (a durable
+/// subscriber's checkpoint saved) gets the event again and skips it. The test
+/// `a_killed_consumer_restarted_has_every_effect_exactly_once` kills a
+/// consumer process mid-batch and checks both.
 ///
 /// # Retention
 ///

@@ -230,6 +230,12 @@
 //! at the same moment are serialized by the table's primary key: the second
 //! waits for the first to commit, then skips.
 //!
+//! The [`Ledger`](herald::Ledger) above works for any handler, but checks
+//! and records in two steps around it, so a crash between the handler's
+//! writes and the record, or two deliveries at once, can still run it
+//! twice; the inbox closes both gaps, for writes made through its
+//! transaction. Writes elsewhere (an HTTP call, an email) stay at least once.
+//!
 //! ```no_run
 //! # async fn example(store: herald_postgres::PgStore) -> Result<(), Box<dyn std::error::Error>> {
 //! use std::sync::Arc;
