@@ -135,6 +135,13 @@ async fn events(store: &PgStore, stream: &str, n: usize) -> Vec<RecordedEvent> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_store_claims_the_inbox() {
+    let store = support::store().await;
+    assert!(store.capabilities().inbox);
+    assert_eq!(entries(&store, "anyone").await, 0, "the table is there");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_same_event_delivered_twice_has_its_effect_once_per_subscriber() {
     let store = support::store().await;
     effects_table(&store).await;
