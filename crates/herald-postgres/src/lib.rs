@@ -54,7 +54,7 @@
 //! | durable | yes: an append returns once its transaction committed |
 //! | shared between processes | yes |
 //! | outbox | yes: [`PgStore::append_in_tx`] joins the caller's transaction |
-//! | inbox | not yet |
+//! | inbox | yes: an [`Inbox`] handler records the event in the transaction of the handler's own writes |
 //! | competing consumers | not yet |
 //! | head watch | yes (LISTEN/NOTIFY), unless [`PgConfig::notify`] is off |
 //!
@@ -89,6 +89,8 @@
 //! - `dead_letters`: one row per subscriber and event given up on (see
 //!   below).
 //! - `ledger`: per subscriber, the ids of the events it handled, and when.
+//! - `inbox`: per subscriber, the ids of the events an [`Inbox`] handled,
+//!   and when, each written in the transaction of the handler's writes.
 //!
 //! # Appends
 //!
@@ -213,6 +215,62 @@
 //! [`watch_head`](herald::store::EventStore::watch_head)'s receivers. It
 //! reconnects by itself.
 //!
+//! # Inbox
+//!
+//! Delivery is at least once: a durable subscriber killed mid-batch gets
+//! the batch again, a replay delivers old events again, a broker redelivers
+//! what was not acknowledged. An [`Inbox`] makes a handler's database
+//! writes happen once anyway. It is a [`Handler`](herald::Handler) that, per
+//! delivery, opens a transaction, inserts `(subscriber, event id)` into the
+//! `inbox` table (`ON CONFLICT DO NOTHING`), and then either finds the event
+//! handled already — rolls back and returns `Ok` — or runs your function with
+//! the transaction and commits the entry and your writes together. When
+//! your function fails, both roll back and the error goes to the
+//! subscriber's retry and dead-letter policy. Two deliveries of one event
+//! at the same moment are serialized by the table's primary key: the second
+//! waits for the first to commit, then skips.
+//!
+//! The [`Ledger`](herald::Ledger) above works for any handler, but checks
+//! and records in two steps around it, so a crash between the handler's
+//! writes and the record, or two deliveries at once, can still run it
+//! twice; the inbox closes both gaps, for writes made through its
+//! transaction. Writes elsewhere (an HTTP call, an email) stay at least once.
+//!
+//! ```no_run
+//! # async fn example(store: herald_postgres::PgStore) -> Result<(), Box<dyn std::error::Error>> {
+//! use std::sync::Arc;
+//! use herald::{Bus, DeliveryMode, HandlerError, Subscriber};
+//! use herald_postgres::{Inbox, inbox_fn};
+//!
+//! let ship = Inbox::new(
+//!     store.clone(),
+//!     inbox_fn(|event, _ctx, tx| {
+//!         Box::pin(async move {
+//!             sqlx::query("INSERT INTO shipments (order_id) VALUES ($1)")
+//!                 .bind(event.data().to_value()["order_id"].as_i64())
+//!                 .execute(&mut **tx)
+//!                 .await
+//!                 .map_err(HandlerError::retry)?;
+//!             Ok(())
+//!         })
+//!     }),
+//! );
+//! let store = Arc::new(store);
+//! let bus = Bus::builder().store(store.clone()).dead_letter_store(store).build();
+//! bus.subscribe(
+//!     Subscriber::new("shipping", ship)
+//!         .topic("order.paid")
+//!         .mode(DeliveryMode::Durable),
+//! )?;
+//! # Ok(()) }
+//! ```
+//!
+//! The transaction is an ordinary `sqlx::Transaction`, so the function can
+//! also append follow-up events in it with [`PgStore::append_in_tx`]: the
+//! effects, the record and the new events commit together. Entries are kept
+//! until [`PgStore::purge_inbox`] removes old ones; see
+//! [Retention](Inbox#retention) for why that is a choice to make with care.
+//!
 //! # Errors
 //!
 //! Database failures are [`StoreError::Backend`](herald::store::StoreError::Backend)
@@ -225,6 +283,7 @@ mod checkpoint;
 mod config;
 mod dead_letters;
 mod error;
+mod inbox;
 mod ledger;
 mod listener;
 mod log;
@@ -235,4 +294,5 @@ mod watermark;
 
 pub use crate::config::{ConfigError, MAX_SCHEMA_LEN, PgConfig};
 pub use crate::error::{ConnectError, DatabaseError};
+pub use crate::inbox::{Inbox, InboxError, InboxFn, InboxHandler, inbox_fn};
 pub use crate::store::PgStore;

@@ -1164,6 +1164,7 @@ impl EventStore for PgStore {
         capabilities.durable = true;
         capabilities.shared_between_processes = true;
         capabilities.outbox = true;
+        capabilities.inbox = true;
         capabilities
     }
 }
