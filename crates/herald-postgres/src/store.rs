@@ -1152,6 +1152,7 @@ impl EventStore for PgStore {
         capabilities.durable = true;
         capabilities.shared_between_processes = true;
         capabilities.outbox = true;
+        capabilities.competing_consumers = true;
         capabilities
     }
 }
