@@ -18,7 +18,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use herald::store::{EventStore, ExpectedVersion, LeaseStore, StreamName};
-use herald::{Bus, DeliveryMode, EventId, HandlerError, NewEvent, Subscriber, handler_fn};
+use herald::{
+    Bus, DeliveryMode, EventId, HandlerError, NewEvent, RetryPolicy, Subscriber, handler_fn,
+};
 use herald_postgres::PgStore;
 use herald_testkit::process::{self, ChildGuard};
 use serde_json::json;
@@ -66,7 +68,10 @@ async fn competing_member() {
         }
         std::process::exit(3);
     });
-    let store = Arc::new(support::store_with(support::config().schema(&schema)).await);
+    // A small pool: the tests of other suites share the server's
+    // connections.
+    let config = support::config().schema(&schema).max_connections(8);
+    let store = Arc::new(support::store_with(config).await);
     let pool = store.pool().clone();
     let insert = format!(
         "INSERT INTO \"{schema}\".handled (event_id, stream, version, pid) VALUES ($1, $2, $3, $4)"
@@ -74,6 +79,7 @@ async fn competing_member() {
     let bus = Bus::builder()
         .store(Arc::clone(&store))
         .lease_store(Arc::clone(&store) as Arc<dyn LeaseStore>)
+        .dead_letter_store(Arc::clone(&store) as Arc<dyn herald::DeadLetterStore>)
         .build();
     bus.subscribe(
         Subscriber::new(
@@ -95,6 +101,12 @@ async fn competing_member() {
         )
         .topic("work.#")
         .mode(DeliveryMode::Durable)
+        // A failed insert (the server busy) is tried again rather than
+        // parked, so that the results table is complete.
+        .retry(
+            RetryPolicy::exponential(Duration::from_millis(50), Duration::from_secs(2))
+                .max_attempts(40),
+        )
         .competing(PARTITIONS)
         .lease_ttl(ttl)
         .poll_interval(Duration::from_millis(100))
@@ -202,6 +214,29 @@ impl Group {
         }
     }
 
+    /// Every partition row: partition, owner, expired, checkpoint, epoch.
+    async fn partitions(&self) -> Vec<(i32, Option<String>, bool, i64, i64)> {
+        sqlx::query_as(&format!(
+            "SELECT partition, owner, expires_at <= now(), position, epoch \
+             FROM \"{}\".group_partitions WHERE subscriber = $1 ORDER BY partition",
+            self.schema
+        ))
+        .bind(NAME)
+        .fetch_all(self.store.pool())
+        .await
+        .unwrap()
+    }
+
+    async fn dead_letters(&self) -> i64 {
+        sqlx::query_scalar(&format!(
+            "SELECT count(*) FROM \"{}\".dead_letters",
+            self.schema
+        ))
+        .fetch_one(self.store.pool())
+        .await
+        .unwrap()
+    }
+
     async fn handled(&self) -> Vec<Handled> {
         let rows: Vec<(Uuid, String, i64, i32)> = sqlx::query_as(&format!(
             "SELECT event_id, stream, version, pid FROM \"{}\".handled ORDER BY seq",
@@ -230,12 +265,15 @@ impl Group {
             if seen.is_superset(&all) {
                 return handled;
             }
-            assert!(
-                Instant::now() < deadline,
-                "{} of {} events were never handled",
-                all.difference(&seen).count(),
-                all.len()
-            );
+            if Instant::now() >= deadline {
+                panic!(
+                    "{} of {} events were never handled; partitions: {:?}; dead letters: {}",
+                    all.difference(&seen).count(),
+                    all.len(),
+                    self.partitions().await,
+                    self.dead_letters().await,
+                );
+            }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
