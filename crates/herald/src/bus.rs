@@ -1208,6 +1208,11 @@ impl Bus {
     /// the new checkpoint, once saved; the subscriber finishes the batch in
     /// hand first.
     ///
+    /// For a [`competing`](Subscriber::competing) subscriber, every
+    /// partition's checkpoint moves, in the lease store; the members that
+    /// hold them (in this process or another) pick the change up at their
+    /// next renewal, and a batch in flight cannot save over it.
+    ///
     /// # Errors
     ///
     /// [`DurableError`] when no such subscriber runs, it is not durable, or
@@ -1239,7 +1244,9 @@ impl Bus {
         }
     }
 
-    /// How many positions a durable subscriber is behind the store's head.
+    /// How many positions a durable subscriber is behind the store's head;
+    /// for a [`competing`](Subscriber::competing) subscriber, the least
+    /// advanced of its partitions, whichever process holds it.
     ///
     /// # Errors
     ///

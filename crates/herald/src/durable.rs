@@ -14,6 +14,20 @@
 //! the events of a batch are split into lanes by stream, each lane in
 //! position order: one stream's events keep their order, different streams
 //! run at the same time.
+//!
+//! # Competing consumers
+//!
+//! A subscriber declared [`competing`](crate::Subscriber::competing) runs
+//! this loop once per partition that its process holds a lease on (see the
+//! `competing` module): each worker reads the log after its partition's
+//! checkpoint and delivers only its partition's streams. Saves go through
+//! the [`LeaseStore`](crate::store::LeaseStore), fenced by the lease, and a
+//! worker stops before its lease could expire when renewals fail.
+//!
+//! Each worker reads the whole log (filtered by topic in the store, by
+//! partition here), so a process holding `k` partitions reads the log `k`
+//! times: cheap next to the handlers' own work for a few dozen partitions,
+//! and the price of needing no partition column in the store.
 
 use std::hash::{BuildHasher, BuildHasherDefault};
 use std::sync::atomic::{AtomicU64, Ordering};
