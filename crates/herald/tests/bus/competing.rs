@@ -234,3 +234,59 @@ async fn competing_needs_a_durable_subscriber_a_lease_store_and_partitions() {
     ));
     assert_eq!(bus.subscriber(NAME), None, "nothing was subscribed");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_member_whose_leases_are_taken_stops_working_on_them() {
+    let store = Arc::new(MemoryStore::new());
+    let log = Log::default();
+    let a = bus_on(&store);
+    join(&a, "a", &log);
+    until("the only member holds every partition", || {
+        owned(&a).len() == PARTITIONS as usize
+    })
+    .await;
+    publish(&a, 8, 5, "order").await;
+    until("the first events are handled", || log.all().len() >= 40).await;
+
+    // Another member takes every partition, as if the first one's leases
+    // had expired (again if the first one took some back in between).
+    let ttl = Duration::from_secs(60);
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let states = store.partitions(NAME).await.unwrap();
+        for owner in states.iter().filter_map(|s| s.owner.as_deref()) {
+            if owner != "intruder" {
+                store.leave(NAME, owner).await.unwrap();
+            }
+        }
+        store.renew(NAME, "intruder", ttl).await.unwrap();
+        for p in 0..PARTITIONS {
+            store.acquire(NAME, "intruder", p, ttl, 0).await.unwrap();
+        }
+        let states = store.partitions(NAME).await.unwrap();
+        if states
+            .iter()
+            .all(|s| s.owner.as_deref() == Some("intruder"))
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the intruder never took over");
+    }
+    until("the first member notices", || owned(&a).is_empty()).await;
+    publish(&a, 8, 5, "order").await;
+
+    // The intruder goes without working: the first member takes the
+    // partitions back from their checkpoints. Had it delivered the new
+    // events while it held no lease, its saves would have been refused and
+    // it would now deliver them a second time.
+    store.leave(NAME, "intruder").await.unwrap();
+    until("every event is handled", || log.all().len() >= 80).await;
+    a.shutdown().await;
+    let handled = log.all();
+    let ids: HashSet<_> = handled.iter().map(|h| h.3).collect();
+    assert_eq!(ids.len(), handled.len(), "an event was handled twice");
+    assert_eq!(handled.len(), 80);
+    for (stream, versions) in versions_by_stream(&handled) {
+        assert_eq!(versions, (0..10).collect::<Vec<_>>(), "stream {stream}");
+    }
+}
