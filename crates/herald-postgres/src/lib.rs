@@ -55,7 +55,7 @@
 //! | shared between processes | yes |
 //! | outbox | yes: [`PgStore::append_in_tx`] joins the caller's transaction |
 //! | inbox | yes: an [`Inbox`] handler records the event in the transaction of the handler's own writes |
-//! | competing consumers | not yet |
+//! | competing consumers | yes: [`LeaseStore`](herald::store::LeaseStore), see [Competing consumers](#competing-consumers) |
 //! | head watch | yes (LISTEN/NOTIFY), unless [`PgConfig::notify`] is off |
 //!
 //! Beside the [`EventStore`](herald::store::EventStore), in the same schema:
@@ -64,6 +64,7 @@
 //! |---|---|---|
 //! | [`CheckpointStore`](herald::store::CheckpointStore) | `checkpoints` | durable subscribers resume where they were; a save is one upsert |
 //! | [`DeadLetterStore`](herald::DeadLetterStore) | `dead_letters` | see [Dead letters](#dead-letters) |
+//! | [`LeaseStore`](herald::store::LeaseStore) | `group_members`, `group_partitions` | competing subscribers share their partitions between processes |
 //! | [`Ledger`](herald::Ledger) | `ledger` | idempotent subscribers skip what they handled, in any process on the schema; kept for good (one small row per subscriber and event) |
 //!
 //! # Schema
@@ -86,6 +87,8 @@
 //! - `erased`: the positions of deleted events.
 //! - `checkpoints`: per durable subscriber, its position and when it was
 //!   saved.
+//! - `group_members`, `group_partitions`: the members of competing
+//!   subscribers, and their partitions' leases and checkpoints.
 //! - `dead_letters`: one row per subscriber and event given up on (see
 //!   below).
 //! - `ledger`: per subscriber, the ids of the events it handled, and when.
@@ -200,6 +203,41 @@
 //! rounded down to it when recorded, so they read back as recorded. Dead
 //! letters are kept until they are retried or removed.
 //!
+//! # Competing consumers
+//!
+//! A durable subscriber declared
+//! [`competing`](herald::Subscriber::competing) in several processes on one
+//! schema shares its partitions between them, through the store's
+//! [`LeaseStore`](herald::store::LeaseStore): build the bus with
+//! `.lease_store(store.clone())` as well. Each member's heartbeat is a row
+//! of `group_members`; each partition is a row of `group_partitions` with
+//! its owner, the lease's expiry and the partition's checkpoint. Expiry
+//! times come from the database's `now()`, never from a process's clock. A
+//! renewal is one statement (heartbeat, leases and the list of live
+//! members), sent every third of the lease TTL; a takeover is an upsert
+//! that succeeds only once the lease expired; a checkpoint save names the
+//! owner, the epoch and an unexpired lease, and the row lock orders it with
+//! any takeover, so a member that lost its lease cannot move the
+//! checkpoint of the one that took over.
+//!
+//! ```no_run
+//! # async fn example(store: herald_postgres::PgStore) -> Result<(), Box<dyn std::error::Error>> {
+//! use std::sync::Arc;
+//! use std::time::Duration;
+//! use herald::{handler_fn, Bus, DeliveryMode, Subscriber};
+//!
+//! let store = Arc::new(store);
+//! let bus = Bus::builder().store(store.clone()).lease_store(store.clone()).build();
+//! bus.subscribe(
+//!     Subscriber::new("ship-orders", handler_fn(|_, _| async { Ok(()) }))
+//!         .topic("order.paid")
+//!         .mode(DeliveryMode::Durable)
+//!         .competing(16)
+//!         .lease_ttl(Duration::from_secs(10)),
+//! )?;
+//! # Ok(()) }
+//! ```
+//!
 //! # The head watch
 //!
 //! With [`PgConfig::notify`] (the default), the store sends a notification
@@ -284,6 +322,7 @@ mod config;
 mod dead_letters;
 mod error;
 mod inbox;
+mod leases;
 mod ledger;
 mod listener;
 mod log;

@@ -47,6 +47,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "inbox",
         sql: include_str!("../migrations/0006_inbox.sql"),
     },
+    Migration {
+        version: 7,
+        name: "leases",
+        sql: include_str!("../migrations/0007_leases.sql"),
+    },
 ];
 
 /// FNV-1a, 64 bits: a checksum that stays the same across Rust releases.

@@ -1165,6 +1165,7 @@ impl EventStore for PgStore {
         capabilities.shared_between_processes = true;
         capabilities.outbox = true;
         capabilities.inbox = true;
+        capabilities.competing_consumers = true;
         capabilities
     }
 }

@@ -1,5 +1,5 @@
-//! The PostgreSQL store passes the store, durable-subscriber and dead-letter
-//! conformance suites, each scenario in a schema of its own.
+//! The PostgreSQL store passes the store, durable-subscriber, dead-letter
+//! and lease conformance suites, each scenario in a schema of its own.
 
 mod support;
 
@@ -16,3 +16,5 @@ async fn shared_store() -> Arc<PgStore> {
 herald_testkit::durable_conformance!(shared_store);
 
 herald_testkit::dead_letter_conformance!(support::store);
+
+herald_testkit::lease_conformance!(support::store);

@@ -18,5 +18,6 @@
 
 pub mod dead_letters;
 pub mod durable;
+pub mod leases;
 pub mod process;
 pub mod store;

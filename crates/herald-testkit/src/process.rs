@@ -16,7 +16,7 @@
 //! cannot outlive the test process however that one ends.
 
 use std::ffi::OsStr;
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -45,6 +45,43 @@ pub fn exit_when_parent_is_gone() {
 pub struct ChildGuard(Child);
 
 impl ChildGuard {
+    /// The child's process id.
+    pub fn id(&self) -> u32 {
+        self.0.id()
+    }
+
+    /// Writes `line` to the child's stdin (for a child that takes
+    /// commands, such as a graceful stop).
+    ///
+    /// # Panics
+    ///
+    /// If the child's stdin is gone.
+    pub fn send_line(&mut self, line: &str) {
+        let stdin = self.0.stdin.as_mut().expect("piped stdin");
+        writeln!(stdin, "{line}").expect("write to the child's stdin");
+        stdin.flush().expect("flush the child's stdin");
+    }
+
+    /// Waits until the child exits by itself, polling under a deadline;
+    /// returns whether it exited successfully.
+    ///
+    /// # Panics
+    ///
+    /// If it is still running after `within` (it is killed first).
+    pub fn wait_for_exit(&mut self, within: Duration) -> bool {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.0.try_wait().expect("wait for the child") {
+                return status.success();
+            }
+            if Instant::now() >= deadline {
+                self.kill();
+                panic!("the child did not exit within {within:?}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Kills the child with SIGKILL and reaps it.
     pub fn kill(&mut self) {
         // Fails only if it has been reaped already.

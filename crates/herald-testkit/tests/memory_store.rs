@@ -19,3 +19,5 @@ async fn new_dead_letter_store() -> herald::MemoryDeadLetterStore {
 }
 
 herald_testkit::dead_letter_conformance!(new_dead_letter_store);
+
+herald_testkit::lease_conformance!(new_store);

@@ -15,6 +15,7 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio::task::{JoinHandle, JoinSet};
 use uuid::Uuid;
 
+use crate::competing::GroupSettings;
 use crate::dead_letter::{
     DeadLetter, DeadLetterQuery, DeadLetterStore, MemoryDeadLetterStore, NewDeadLetter,
 };
@@ -31,7 +32,9 @@ use crate::middleware::{
     TimeoutLayer, Tracing, optional,
 };
 use crate::middleware::{delivery_span, panic_message, park};
-use crate::store::{CheckpointStore, EventStore, ExpectedVersion, ReadAll, StoreError, StreamName};
+use crate::store::{
+    CheckpointStore, EventStore, ExpectedVersion, LeaseStore, ReadAll, StoreError, StreamName,
+};
 use crate::topic::{EventType, TopicPattern};
 use crate::{Disposition, HandlerError};
 
@@ -43,6 +46,15 @@ const ROUTE_CACHE_LIMIT: usize = 4096;
 /// Default queue capacity of an async subscriber: measured end to end,
 /// 256 was faster than 1024 and as fast as 64, with room for bursts.
 const DEFAULT_QUEUE_CAPACITY: usize = 256;
+
+/// How long a competing subscriber's lease lasts unless renewed: the time
+/// within which the partitions of a process that died are taken over.
+pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(10);
+
+/// How many partitions a competing subscriber has unless told: enough to
+/// spread over a handful of processes, few enough that each process's
+/// readers of the log stay cheap.
+pub const DEFAULT_PARTITIONS: u32 = 16;
 
 /// How many queued events an async worker takes at once.
 const WORKER_BATCH: usize = 64;
@@ -130,6 +142,8 @@ pub struct Subscriber {
     start_from: StartFrom,
     batch_size: usize,
     poll_interval: Duration,
+    competing: Option<u32>,
+    lease_ttl: Duration,
     sync: Option<Arc<dyn SyncHandler>>,
     build: Box<dyn FnOnce(StackParts) -> BoxHandler + Send>,
 }
@@ -189,6 +203,8 @@ impl Subscriber {
             start_from: StartFrom::Beginning,
             batch_size: 500,
             poll_interval: Duration::from_secs(1),
+            competing: None,
+            lease_ttl: DEFAULT_LEASE_TTL,
             sync: None,
             build: Box::new(move |parts| build_stack(handler, parts)),
         }
@@ -296,6 +312,63 @@ impl Subscriber {
         self
     }
 
+    /// Makes this durable subscriber one of a *competing group*: every
+    /// process (or bus) that subscribes it under the same name, on the same
+    /// store, shares its work.
+    ///
+    /// The events are split into `partitions` partitions by stream
+    /// ([`partition_of`](crate::store::partition_of): FNV-1a of the stream
+    /// name, modulo `partitions`); every member of the group must use the
+    /// same number ([`DEFAULT_PARTITIONS`] is a reasonable one). Each
+    /// partition has its own checkpoint and is worked on by one live member
+    /// at a time, which holds a lease on it in the bus's
+    /// [`lease_store`](BusBuilder::lease_store).
+    ///
+    /// # Delivery guarantees
+    ///
+    /// - Events of one stream are handled in stream order, also across
+    ///   hand-overs: a stream is in one partition, and a partition changes
+    ///   hands only at a saved checkpoint.
+    /// - Members share the partitions evenly. When one joins or leaves (its
+    ///   bus shut down), the others give back or take partitions; a member
+    ///   gives a partition back only after its batch in hand is handled and
+    ///   its checkpoint saved, so a rebalance delivers nothing twice.
+    /// - A member that dies (crash, kill, lost network) stops renewing; its
+    ///   leases expire within the [`lease_ttl`](Self::lease_ttl), and the
+    ///   others take its partitions from their last saved checkpoints: the
+    ///   events it handled after that are delivered again (at least once).
+    /// - A member that cannot renew its leases stops delivering a tenth of
+    ///   the TTL before they could expire, and a checkpoint save by a
+    ///   member whose lease expired is refused: a slow member does not work
+    ///   beside the one that took over.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use herald::{handler_fn, DeliveryMode, Subscriber};
+    /// use std::time::Duration;
+    ///
+    /// let sub = Subscriber::new("ship-orders", handler_fn(|_, _| async { Ok(()) }))
+    ///     .topic("order.paid")
+    ///     .mode(DeliveryMode::Durable)
+    ///     .competing(16)
+    ///     .lease_ttl(Duration::from_secs(5));
+    /// ```
+    pub fn competing(mut self, partitions: u32) -> Self {
+        self.competing = Some(partitions);
+        self
+    }
+
+    /// How long a competing subscriber's leases last unless renewed
+    /// ([`DEFAULT_LEASE_TTL`] unless set). A member renews every third of
+    /// it; the partitions of a member that died are taken over within
+    /// about the TTL plus one renewal interval. Shorter means faster
+    /// takeover and more store round trips.
+    pub fn lease_ttl(mut self, ttl: Duration) -> Self {
+        self.lease_ttl = ttl;
+        self
+    }
+
     /// Makes a failure of this inline subscriber fail `publish`, after its
     /// retries, instead of going to the dead letters: for a handler that
     /// must succeed for the publisher's work to count (the publisher's
@@ -352,6 +425,8 @@ pub struct SubscriberInfo {
     /// For a durable subscriber, the position up to which it handled the
     /// store's events.
     pub checkpoint: Option<u64>,
+    /// For a competing subscriber, the partitions this process works on.
+    pub partitions: Option<Vec<u32>>,
 }
 
 /// What a subscriber's deliveries share; async workers hold it.
@@ -417,6 +492,10 @@ impl Entry {
             failed: c.failed.load(Ordering::Relaxed),
             dead_lettered: c.dead_lettered.load(Ordering::Relaxed),
             checkpoint: self.durable.as_ref().map(DurableRunner::checkpoint),
+            partitions: self
+                .durable
+                .as_ref()
+                .and_then(DurableRunner::owned_partitions),
         }
     }
 
@@ -698,6 +777,7 @@ struct BusStore {
 
 pub(crate) struct BusInner {
     store: Option<BusStore>,
+    leases: Option<Arc<dyn LeaseStore>>,
     registry: RwLock<Registry>,
     routes: ArcSwap<RouteCache>,
     closed: AtomicBool,
@@ -769,6 +849,7 @@ pub struct Bus {
 /// ```
 pub struct BusBuilder {
     store: Option<BusStore>,
+    leases: Option<Arc<dyn LeaseStore>>,
     dead_letters: Option<Arc<dyn DeadLetterStore>>,
     layers: Vec<BoxLayer>,
     queue_capacity: usize,
@@ -787,6 +868,14 @@ impl BusBuilder {
             events: Arc::clone(&store) as Arc<dyn EventStore>,
             checkpoints: store,
         });
+        self
+    }
+
+    /// Where competing subscribers keep their members, leases and
+    /// partition checkpoints (see [`Subscriber::competing`]): a store that
+    /// every process of the group shares, usually the event store itself.
+    pub fn lease_store(mut self, store: Arc<dyn LeaseStore>) -> Self {
+        self.leases = Some(store);
         self
     }
 
@@ -825,6 +914,7 @@ impl BusBuilder {
         Bus {
             inner: Arc::new_cyclic(|this| BusInner {
                 store: self.store,
+                leases: self.leases,
                 registry: RwLock::new(Registry::default()),
                 routes: ArcSwap::from_pointee(RouteCache::default()),
                 closed: AtomicBool::new(false),
@@ -870,6 +960,7 @@ impl Bus {
     pub fn builder() -> BusBuilder {
         BusBuilder {
             store: None,
+            leases: None,
             dead_letters: Some(Arc::new(MemoryDeadLetterStore::new())),
             layers: Vec::new(),
             queue_capacity: DEFAULT_QUEUE_CAPACITY,
@@ -1160,6 +1251,11 @@ impl Bus {
     /// the new checkpoint, once saved; the subscriber finishes the batch in
     /// hand first.
     ///
+    /// For a [`competing`](Subscriber::competing) subscriber, every
+    /// partition's checkpoint moves, in the lease store; the members that
+    /// hold them (in this process or another) pick the change up at their
+    /// next renewal, and a batch in flight cannot save over it.
+    ///
     /// # Errors
     ///
     /// [`DurableError`] when no such subscriber runs, it is not durable, or
@@ -1191,7 +1287,9 @@ impl Bus {
         }
     }
 
-    /// How many positions a durable subscriber is behind the store's head.
+    /// How many positions a durable subscriber is behind the store's head;
+    /// for a [`competing`](Subscriber::competing) subscriber, the least
+    /// advanced of its partitions, whichever process holds it.
     ///
     /// # Errors
     ///
@@ -1203,7 +1301,7 @@ impl Bus {
             return Err(DurableError::NotDurable(name.to_owned()));
         };
         let head = store.events.head().await?;
-        Ok(head.saturating_sub(runner.checkpoint()))
+        Ok(head.saturating_sub(runner.current_checkpoint().await?))
     }
 
     /// Stops accepting events and waits until every event accepted so far
@@ -1323,6 +1421,26 @@ impl BusInner {
         if sub.mode == DeliveryMode::Durable && self.store.is_none() {
             return Err(SubscribeError::NoStore(sub.name));
         }
+        if sub.competing.is_some() && sub.mode != DeliveryMode::Durable {
+            return Err(SubscribeError::CompetingNotDurable(sub.name));
+        }
+        if sub.competing == Some(0) {
+            return Err(crate::ConfigError::Zero("partitions").into());
+        }
+        if sub.competing.is_some() && sub.lease_ttl.is_zero() {
+            return Err(crate::ConfigError::Zero("lease ttl").into());
+        }
+        let group = match (sub.competing, &self.leases) {
+            (None, _) => None,
+            (Some(partitions), Some(leases)) => Some((
+                GroupSettings {
+                    partitions,
+                    ttl: sub.lease_ttl,
+                },
+                Arc::clone(leases),
+            )),
+            (Some(_), None) => return Err(SubscribeError::NoLeaseStore(sub.name)),
+        };
         if sub.batch_size == 0 {
             return Err(crate::ConfigError::Zero("batch size").into());
         }
@@ -1394,6 +1512,7 @@ impl BusInner {
                     concurrency: sub.concurrency,
                     poll_interval: sub.poll_interval,
                     start_from: sub.start_from,
+                    group,
                 },
             )),
             _ => None,

@@ -14,6 +14,20 @@
 //! the events of a batch are split into lanes by stream, each lane in
 //! position order: one stream's events keep their order, different streams
 //! run at the same time.
+//!
+//! # Competing consumers
+//!
+//! A subscriber declared [`competing`](crate::Subscriber::competing) runs
+//! this loop once per partition that its process holds a lease on (see the
+//! `competing` module): each worker reads the log after its partition's
+//! checkpoint and delivers only its partition's streams. Saves go through
+//! the [`LeaseStore`](crate::store::LeaseStore), fenced by the lease, and a
+//! worker stops before its lease could expire when renewals fail.
+//!
+//! Each worker reads the whole log (filtered by topic in the store, by
+//! partition here), so a process holding `k` partitions reads the log `k`
+//! times: cheap next to the handlers' own work for a few dozen partitions,
+//! and the price of needing no partition column in the store.
 
 use std::hash::{BuildHasher, BuildHasherDefault};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -25,8 +39,11 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
+use crate::competing::{Coordinator, GroupSettings, GroupShared, group_checkpoint};
 use crate::event::RecordedEvent;
-use crate::store::{CheckpointStore, EventStore, ReadAll, StoreError};
+use crate::store::{
+    CheckpointStore, EventStore, Lease, LeaseStore, ReadAll, StoreError, partition_of,
+};
 use crate::topic::TopicPattern;
 
 /// Where a durable subscriber that has no checkpoint yet starts.
@@ -57,16 +74,18 @@ pub enum ReplayFrom {
 
 /// A rewind asked of a running subscriber: the new checkpoint and who to
 /// tell once it is saved.
-type Rewind = (u64, oneshot::Sender<()>);
+pub(crate) type Rewind = (u64, oneshot::Sender<()>);
 
 /// Settings of a durable subscriber.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub(crate) struct DurableSettings {
     pub(crate) topics: Vec<TopicPattern>,
     pub(crate) batch_size: usize,
     pub(crate) concurrency: usize,
     pub(crate) poll_interval: Duration,
     pub(crate) start_from: StartFrom,
+    /// Set for a competing subscriber, with the store of its leases.
+    pub(crate) group: Option<(GroupSettings, Arc<dyn LeaseStore>)>,
 }
 
 /// What the delivery of one event came to, for the checkpoint.
@@ -94,6 +113,8 @@ pub(crate) struct DurableRunner {
     rewind: mpsc::UnboundedSender<Rewind>,
     task: Mutex<Option<JoinHandle<()>>>,
     checkpoint: Arc<AtomicU64>,
+    name: String,
+    group: Option<Arc<GroupShared>>,
 }
 
 impl DurableRunner {
@@ -107,26 +128,67 @@ impl DurableRunner {
         let (stop, stopped) = watch::channel(false);
         let (rewind, rewinds) = mpsc::unbounded_channel();
         let checkpoint = Arc::new(AtomicU64::new(0));
-        let task = runtime.spawn(run(
-            core,
-            store,
-            checkpoints,
-            settings,
-            Signals {
-                stop: stopped,
-                rewinds,
-            },
-            Arc::clone(&checkpoint),
-        ));
+        let signals = Signals {
+            stop: stopped,
+            rewinds,
+        };
+        let name = core.name().to_owned();
+        let (task, group) = match settings.group.clone() {
+            Some((group, leases)) => {
+                let shared = Arc::new(GroupShared {
+                    leases,
+                    partitions: group.partitions,
+                    owned: Mutex::new(Vec::new()),
+                    initial: AtomicU64::new(0),
+                });
+                let coordinator = Coordinator {
+                    core,
+                    store,
+                    settings,
+                    group,
+                    shared: Arc::clone(&shared),
+                    checkpoint: Arc::clone(&checkpoint),
+                };
+                (runtime.spawn(coordinator.run(signals)), Some(shared))
+            }
+            None => (
+                runtime.spawn(run(
+                    core,
+                    store,
+                    checkpoints,
+                    settings,
+                    signals,
+                    Arc::clone(&checkpoint),
+                )),
+                None,
+            ),
+        };
         Self {
             stop,
             rewind,
             task: Mutex::new(Some(task)),
             checkpoint,
+            name,
+            group,
         }
     }
 
-    /// The last checkpoint saved or loaded.
+    /// The partitions this process works on, for a competing subscriber.
+    pub(crate) fn owned_partitions(&self) -> Option<Vec<u32>> {
+        self.group.as_ref().map(|g| g.owned())
+    }
+
+    /// The checkpoint as the store has it now: for a competing subscriber,
+    /// the least of its partitions' checkpoints.
+    pub(crate) async fn current_checkpoint(&self) -> Result<u64, StoreError> {
+        match &self.group {
+            Some(group) => group_checkpoint(group, &self.name).await,
+            None => Ok(self.checkpoint()),
+        }
+    }
+
+    /// The last checkpoint saved or loaded (for a competing subscriber, the
+    /// least of its partitions' checkpoints when last looked at).
     pub(crate) fn checkpoint(&self) -> u64 {
         self.checkpoint.load(Ordering::Acquire)
     }
@@ -154,9 +216,9 @@ impl DurableRunner {
 }
 
 /// What a runner listens to besides the store.
-struct Signals {
-    stop: watch::Receiver<bool>,
-    rewinds: mpsc::UnboundedReceiver<Rewind>,
+pub(crate) struct Signals {
+    pub(crate) stop: watch::Receiver<bool>,
+    pub(crate) rewinds: mpsc::UnboundedReceiver<Rewind>,
 }
 
 /// Waits until the store's head moves, `interval` passes, a rewind comes
@@ -192,7 +254,7 @@ async fn pause(interval: Duration, signals: &mut Signals, pending: &mut Option<R
 }
 
 /// Retries a store call until it succeeds or a stop is asked.
-async fn persist<T, F, Fut>(
+pub(crate) async fn persist<T, F, Fut>(
     what: &str,
     subscriber: &str,
     stop: &mut watch::Receiver<bool>,
@@ -227,7 +289,6 @@ async fn run<D: Deliver>(
     shared_checkpoint: Arc<AtomicU64>,
 ) {
     let mut stop = signals.stop.clone();
-    let mut pending: Option<Rewind> = None;
     let name = core.name().to_owned();
     let Some(saved) = persist("load its checkpoint", &name, &mut stop, || {
         checkpoints.load(&name)
@@ -236,7 +297,7 @@ async fn run<D: Deliver>(
     else {
         return;
     };
-    let mut checkpoint = match (saved, settings.start_from) {
+    let checkpoint = match (saved, settings.start_from) {
         (Some(p), _) => p,
         (None, StartFrom::Beginning) => 0,
         (None, StartFrom::Now) => {
@@ -255,6 +316,149 @@ async fn run<D: Deliver>(
             head
         }
     };
+    let place = Place::Solo { checkpoints, name };
+    drive(
+        &*core,
+        &*store,
+        &settings,
+        place,
+        checkpoint,
+        &mut signals,
+        &shared_checkpoint,
+    )
+    .await;
+}
+
+/// Where a runner keeps its checkpoint.
+pub(crate) enum Place {
+    /// The subscriber's own checkpoint in the checkpoint store.
+    Solo {
+        checkpoints: Arc<dyn CheckpointStore>,
+        name: String,
+    },
+    /// One partition of a competing group: only its streams, and saves
+    /// fenced by its lease.
+    Partition(PartitionPlace),
+}
+
+/// A partition that this process holds the lease on.
+pub(crate) struct PartitionPlace {
+    pub(crate) leases: Arc<dyn LeaseStore>,
+    pub(crate) group: String,
+    pub(crate) member: String,
+    pub(crate) partitions: u32,
+    pub(crate) lease: Lease,
+    pub(crate) fence: Arc<Fence>,
+}
+
+/// The moment until which a worker may deliver the events of a partition:
+/// a little before its lease could expire, moved on by every renewal.
+///
+/// A worker checks it before each event; once it has passed, the worker
+/// stops (self-fencing), so it never works on a partition another member
+/// may have taken.
+pub(crate) struct Fence {
+    deadline: Mutex<tokio::time::Instant>,
+}
+
+impl Fence {
+    pub(crate) fn new(deadline: tokio::time::Instant) -> Self {
+        Self {
+            deadline: Mutex::new(deadline),
+        }
+    }
+
+    /// Moves the deadline on (never back).
+    pub(crate) fn extend(&self, deadline: tokio::time::Instant) {
+        let mut d = self.deadline.lock().unwrap_or_else(|p| p.into_inner());
+        if deadline > *d {
+            *d = deadline;
+        }
+    }
+
+    /// Whether the lease is still safely held.
+    pub(crate) fn holds(&self) -> bool {
+        tokio::time::Instant::now() < *self.deadline.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl Place {
+    fn name(&self) -> String {
+        match self {
+            Self::Solo { name, .. } => name.clone(),
+            Self::Partition(p) => format!("{}[{}]", p.group, p.lease.partition),
+        }
+    }
+
+    fn fence(&self) -> Option<&Fence> {
+        match self {
+            Self::Solo { .. } => None,
+            Self::Partition(p) => Some(&p.fence),
+        }
+    }
+
+    /// Whether `event` is this runner's to deliver.
+    fn owns(&self, event: &RecordedEvent) -> bool {
+        match self {
+            Self::Solo { .. } => true,
+            Self::Partition(p) => {
+                partition_of(event.stream().unwrap_or_default(), p.partitions) == p.lease.partition
+            }
+        }
+    }
+
+    /// Saves the checkpoint; `false` when the runner must end (a stop was
+    /// asked while the store failed, or the partition's lease is lost).
+    async fn save(&self, position: u64, stop: &mut watch::Receiver<bool>) -> bool {
+        match self {
+            Self::Solo { checkpoints, name } => persist("save its checkpoint", name, stop, || {
+                checkpoints.save(name, position)
+            })
+            .await
+            .is_some(),
+            Self::Partition(p) => {
+                let name = self.name();
+                let mut backoff = Duration::from_millis(50);
+                loop {
+                    if !p.fence.holds() {
+                        tracing::warn!(subscriber = %name, "lease about to expire: stopping work on the partition");
+                        return false;
+                    }
+                    match p.leases.save(&p.group, &p.member, p.lease, position).await {
+                        Ok(true) => return true,
+                        Ok(false) => {
+                            tracing::info!(subscriber = %name, "partition lease lost or partition rewound: stopping work on it");
+                            return false;
+                        }
+                        Err(err) => {
+                            tracing::error!(subscriber = %name, error = %err, retry_in = ?backoff, "durable subscriber could not save its checkpoint");
+                            tokio::select! {
+                                _ = tokio::time::sleep(backoff) => {}
+                                _ = stop.wait_for(|s| *s) => return false,
+                            }
+                            backoff = (backoff * 2).min(Duration::from_secs(5));
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The read, deliver and save loop, from `checkpoint`, until a stop (or,
+/// for a partition, until its lease is lost).
+pub(crate) async fn drive<D: Deliver>(
+    core: &D,
+    store: &dyn EventStore,
+    settings: &DurableSettings,
+    place: Place,
+    mut checkpoint: u64,
+    signals: &mut Signals,
+    shared_checkpoint: &AtomicU64,
+) {
+    let mut stop = signals.stop.clone();
+    let mut pending: Option<Rewind> = None;
+    let name = place.name();
     shared_checkpoint.store(checkpoint, Ordering::Release);
     let mut head = store.watch_head();
     let mut failures = 0u32;
@@ -262,16 +466,15 @@ async fn run<D: Deliver>(
         if *stop.borrow() {
             return;
         }
+        if place.fence().is_some_and(|f| !f.holds()) {
+            tracing::warn!(subscriber = %name, "lease not renewed in time: stopping work on the partition");
+            return;
+        }
         if pending.is_none() {
             pending = signals.rewinds.try_recv().ok();
         }
         if let Some((position, done)) = pending.take() {
-            if persist("save its checkpoint", &name, &mut stop, || {
-                checkpoints.save(&name, position)
-            })
-            .await
-            .is_none()
-            {
+            if !place.save(position, &mut stop).await {
                 return;
             }
             checkpoint = position;
@@ -281,7 +484,7 @@ async fn run<D: Deliver>(
             continue;
         }
         if !core.is_enabled() {
-            if pause(settings.poll_interval, &mut signals, &mut pending).await {
+            if pause(settings.poll_interval, signals, &mut pending).await {
                 return;
             }
             continue;
@@ -294,7 +497,7 @@ async fn run<D: Deliver>(
             Ok(h) => h,
             Err(err) => {
                 tracing::error!(subscriber = %name, error = %err, "durable subscriber could not read the head");
-                if pause(settings.poll_interval, &mut signals, &mut pending).await {
+                if pause(settings.poll_interval, signals, &mut pending).await {
                     return;
                 }
                 continue;
@@ -306,11 +509,11 @@ async fn run<D: Deliver>(
         query.topics = settings.topics.clone();
         let batch: Result<Vec<RecordedEvent>, StoreError> =
             store.read_all(query).try_collect().await;
-        let matching = match batch {
+        let mut matching = match batch {
             Ok(events) => events,
             Err(err) => {
                 tracing::error!(subscriber = %name, error = %err, "durable subscriber could not read the log");
-                if pause(settings.poll_interval, &mut signals, &mut pending).await {
+                if pause(settings.poll_interval, signals, &mut pending).await {
                     return;
                 }
                 continue;
@@ -327,7 +530,7 @@ async fn run<D: Deliver>(
                 &mut head,
                 checkpoint,
                 settings.poll_interval,
-                &mut signals,
+                signals,
                 &mut pending,
             )
             .await
@@ -336,20 +539,21 @@ async fn run<D: Deliver>(
             }
             continue;
         }
-        let reached = deliver_batch(&*core, matching, settings.concurrency, last).await;
+        // A partition's runner passes over the other partitions' events.
+        matching.retain(|e| place.owns(e));
+        let reached =
+            deliver_batch(core, matching, settings.concurrency, last, place.fence()).await;
         if reached > checkpoint {
-            if persist("save its checkpoint", &name, &mut stop, || {
-                checkpoints.save(&name, reached)
-            })
-            .await
-            .is_none()
-            {
+            if !place.save(reached, &mut stop).await {
                 return;
             }
             checkpoint = reached;
             shared_checkpoint.store(checkpoint, Ordering::Release);
         }
         if reached < last {
+            if place.fence().is_some_and(|f| !f.holds()) {
+                return;
+            }
             // Something must be delivered again: back off so that a failing
             // event does not spin.
             failures = failures.saturating_add(1);
@@ -371,6 +575,7 @@ async fn deliver_batch<D: Deliver>(
     events: Vec<RecordedEvent>,
     concurrency: usize,
     last: u64,
+    fence: Option<&Fence>,
 ) -> u64 {
     let lanes = concurrency.max(1).min(events.len().max(1));
     let mut by_lane: Vec<Vec<RecordedEvent>> = vec![Vec::new(); lanes];
@@ -385,7 +590,7 @@ async fn deliver_batch<D: Deliver>(
     }
     let results = futures_util::future::join_all(by_lane.into_iter().map(|lane| async move {
         for event in lane {
-            if !core.is_enabled() {
+            if !core.is_enabled() || fence.is_some_and(|f| !f.holds()) {
                 return event.position();
             }
             if let Settled::Pending = core.deliver_durable(&event).await {

@@ -369,6 +369,12 @@ pub enum SubscribeError {
     /// A durable subscriber needs a bus built on an event store.
     #[error("durable subscriber {0} needs a bus built on an event store (BusBuilder::store)")]
     NoStore(String),
+    /// A competing subscriber needs a bus with a lease store.
+    #[error("competing subscriber {0} needs a bus with a lease store (BusBuilder::lease_store)")]
+    NoLeaseStore(String),
+    /// Only durable subscribers can compete.
+    #[error("subscriber {0} is competing but not durable: competing needs DeliveryMode::Durable")]
+    CompetingNotDurable(String),
     /// The bus was shut down.
     #[error("the bus is shut down and accepts no more subscribers")]
     ShutDown,

@@ -246,6 +246,7 @@
 extern crate self as herald;
 
 mod bus;
+mod competing;
 mod dead_letter;
 mod durable;
 mod error;
@@ -259,7 +260,8 @@ pub mod testing;
 pub mod topic;
 
 pub use crate::bus::{
-    Bus, BusBuilder, DeliveryMode, RetryOutcome, Subscriber, SubscriberInfo, SubscriberState,
+    Bus, BusBuilder, DEFAULT_LEASE_TTL, DEFAULT_PARTITIONS, DeliveryMode, RetryOutcome, Subscriber,
+    SubscriberInfo, SubscriberState,
 };
 pub use crate::dead_letter::{
     DeadLetter, DeadLetterQuery, DeadLetterStore, MemoryDeadLetterStore, NewDeadLetter,

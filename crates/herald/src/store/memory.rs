@@ -2,15 +2,18 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::Utc;
 use futures_util::stream::{self, BoxStream, StreamExt};
 use tokio::sync::watch;
+use tokio::time::Instant;
 
 use super::{
     Appended, AppendedEvent, Capabilities, CheckpointStore, Direction, EventStore, ExpectedVersion,
-    ListStreams, ReadAll, ReadStream, StoreError, StreamInfo, StreamName,
+    GroupView, Lease, LeaseStore, ListStreams, PartitionState, ReadAll, ReadStream, StoreError,
+    StreamInfo, StreamName,
 };
 use crate::event::{NewEvent, Origin, RecordedEvent, RecordedParts};
 use crate::id::{self, EventId};
@@ -31,7 +34,7 @@ const READ_BATCH: usize = 512;
 /// | durable | no |
 /// | shared between processes | no |
 /// | outbox, inbox | no (no transactions to join) |
-/// | competing consumers | no |
+/// | competing consumers | between buses of one process ([`LeaseStore`]) |
 ///
 /// Appends are serialized by a lock, so positions become visible in order.
 /// Clones share the same store.
@@ -59,6 +62,32 @@ pub struct MemoryStore {
     state: Arc<RwLock<State>>,
     head: Arc<watch::Sender<u64>>,
     checkpoints: Arc<std::sync::Mutex<HashMap<String, u64>>>,
+    groups: Arc<std::sync::Mutex<HashMap<String, Group>>>,
+}
+
+/// A competing-consumer group's members and partitions, timed by tokio's
+/// clock (so tests can pause it).
+#[derive(Default)]
+struct Group {
+    /// Each member's heartbeat expiry.
+    members: HashMap<String, Instant>,
+    partitions: BTreeMap<u32, Partition>,
+}
+
+struct Partition {
+    owner: Option<(String, Instant)>,
+    position: u64,
+    epoch: u64,
+}
+
+impl Partition {
+    /// The owner whose lease has not expired at `now`.
+    fn live_owner(&self, now: Instant) -> Option<&str> {
+        self.owner
+            .as_ref()
+            .filter(|(_, expires)| *expires > now)
+            .map(|(owner, _)| owner.as_str())
+    }
 }
 
 #[derive(Default)]
@@ -91,7 +120,12 @@ impl MemoryStore {
             state: Arc::new(RwLock::new(State::default())),
             head: Arc::new(watch::channel(0).0),
             checkpoints: Arc::default(),
+            groups: Arc::default(),
         }
+    }
+
+    fn groups(&self) -> std::sync::MutexGuard<'_, HashMap<String, Group>> {
+        self.groups.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn checkpoints(&self) -> std::sync::MutexGuard<'_, HashMap<String, u64>> {
@@ -510,5 +544,137 @@ impl CheckpointStore for MemoryStore {
     async fn reset(&self, subscriber: &str) -> Result<(), StoreError> {
         self.checkpoints().remove(subscriber);
         Ok(())
+    }
+}
+
+/// Leases for buses of this process that share the store: the memory
+/// store is not shared between processes, but its groups behave as a
+/// database's do, timed by tokio's clock.
+#[async_trait]
+impl LeaseStore for MemoryStore {
+    async fn renew(
+        &self,
+        group: &str,
+        member: &str,
+        ttl: Duration,
+    ) -> Result<GroupView, StoreError> {
+        let now = Instant::now();
+        let mut groups = self.groups();
+        let g = groups.entry(group.to_owned()).or_default();
+        g.members.retain(|_, expires| *expires > now);
+        g.members.insert(member.to_owned(), now + ttl);
+        let mut held = Vec::new();
+        for (partition, p) in &mut g.partitions {
+            if p.live_owner(now) == Some(member) {
+                p.owner = Some((member.to_owned(), now + ttl));
+                held.push(Lease::new(*partition, p.position, p.epoch));
+            }
+        }
+        Ok(GroupView::new(g.members.keys().cloned().collect(), held))
+    }
+
+    async fn acquire(
+        &self,
+        group: &str,
+        member: &str,
+        partition: u32,
+        ttl: Duration,
+        initial: u64,
+    ) -> Result<Option<Lease>, StoreError> {
+        let now = Instant::now();
+        let mut groups = self.groups();
+        let g = groups.entry(group.to_owned()).or_default();
+        let p = g.partitions.entry(partition).or_insert(Partition {
+            owner: None,
+            position: initial,
+            epoch: 0,
+        });
+        if p.live_owner(now).is_some_and(|owner| owner != member) {
+            return Ok(None);
+        }
+        p.owner = Some((member.to_owned(), now + ttl));
+        Ok(Some(Lease::new(partition, p.position, p.epoch)))
+    }
+
+    async fn save(
+        &self,
+        group: &str,
+        member: &str,
+        lease: Lease,
+        position: u64,
+    ) -> Result<bool, StoreError> {
+        let now = Instant::now();
+        let mut groups = self.groups();
+        let Some(p) = groups
+            .get_mut(group)
+            .and_then(|g| g.partitions.get_mut(&lease.partition))
+        else {
+            return Ok(false);
+        };
+        if p.live_owner(now) != Some(member) || p.epoch != lease.epoch {
+            return Ok(false);
+        }
+        p.position = position;
+        Ok(true)
+    }
+
+    async fn release(&self, group: &str, member: &str, partition: u32) -> Result<(), StoreError> {
+        let now = Instant::now();
+        let mut groups = self.groups();
+        if let Some(p) = groups
+            .get_mut(group)
+            .and_then(|g| g.partitions.get_mut(&partition))
+        {
+            if p.live_owner(now) == Some(member) {
+                p.owner = None;
+            }
+        }
+        Ok(())
+    }
+
+    async fn leave(&self, group: &str, member: &str) -> Result<(), StoreError> {
+        let mut groups = self.groups();
+        if let Some(g) = groups.get_mut(group) {
+            g.members.remove(member);
+            for p in g.partitions.values_mut() {
+                if p.owner.as_ref().is_some_and(|(owner, _)| owner == member) {
+                    p.owner = None;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn rewind(&self, group: &str, partitions: u32, position: u64) -> Result<(), StoreError> {
+        let mut groups = self.groups();
+        let g = groups.entry(group.to_owned()).or_default();
+        for partition in 0..partitions {
+            let p = g.partitions.entry(partition).or_insert(Partition {
+                owner: None,
+                position,
+                epoch: 0,
+            });
+            p.position = position;
+            p.epoch += 1;
+        }
+        Ok(())
+    }
+
+    async fn partitions(&self, group: &str) -> Result<Vec<PartitionState>, StoreError> {
+        let now = Instant::now();
+        let groups = self.groups();
+        Ok(groups.get(group).map_or_else(Vec::new, |g| {
+            g.partitions
+                .iter()
+                .map(|(partition, p)| {
+                    PartitionState::new(
+                        *partition,
+                        p.live_owner(now).map(str::to_owned),
+                        p.position,
+                        p.epoch,
+                    )
+                })
+                .collect()
+        }))
     }
 }

@@ -48,9 +48,11 @@ use crate::id::EventId;
 use crate::topic::{EventTypeError, TopicPattern};
 
 mod checkpoint;
+mod lease;
 mod memory;
 
 pub use self::checkpoint::CheckpointStore;
+pub use self::lease::{GroupView, Lease, LeaseStore, PartitionState, partition_of};
 pub use self::memory::MemoryStore;
 
 /// The longest stream name, in bytes.

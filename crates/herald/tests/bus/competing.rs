@@ -1,0 +1,292 @@
+//! Competing consumers on the memory store: buses of one process that run
+//! the same durable subscriber share its partitions.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use herald::store::{LeaseStore, MemoryStore, partition_of};
+use herald::{
+    Bus, ConfigError, DeliveryMode, NewEvent, ReplayFrom, SubscribeError, Subscriber, handler_fn,
+};
+use serde_json::json;
+
+const NAME: &str = "shared-work";
+const PARTITIONS: u32 = 8;
+const PATIENCE: Duration = Duration::from_secs(20);
+
+/// One handling: which bus, the stream, the version, the event id.
+type Handled = (&'static str, String, u64, herald::EventId);
+
+#[derive(Clone, Default)]
+struct Log(Arc<Mutex<Vec<Handled>>>);
+
+impl Log {
+    fn all(&self) -> Vec<Handled> {
+        self.0.lock().unwrap().clone()
+    }
+}
+
+fn bus_on(store: &Arc<MemoryStore>) -> Bus {
+    Bus::builder()
+        .store(Arc::clone(store))
+        .lease_store(Arc::clone(store) as Arc<dyn LeaseStore>)
+        .build()
+}
+
+fn join(bus: &Bus, label: &'static str, log: &Log) {
+    let log = log.clone();
+    bus.subscribe(
+        Subscriber::new(
+            NAME,
+            handler_fn(move |event, _ctx| {
+                let log = log.clone();
+                async move {
+                    log.0.lock().unwrap().push((
+                        label,
+                        event.stream().unwrap().to_owned(),
+                        event.version().unwrap(),
+                        event.id(),
+                    ));
+                    Ok(())
+                }
+            }),
+        )
+        .topic("work.#")
+        .mode(DeliveryMode::Durable)
+        .competing(PARTITIONS)
+        .lease_ttl(Duration::from_millis(600))
+        .poll_interval(Duration::from_millis(50))
+        .batch_size(10),
+    )
+    .unwrap();
+}
+
+/// Polls `done` until it holds, under a deadline.
+async fn until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + PATIENCE;
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn owned(bus: &Bus) -> Vec<u32> {
+    bus.subscriber(NAME)
+        .and_then(|s| s.partitions)
+        .unwrap_or_default()
+}
+
+async fn publish(bus: &Bus, streams: usize, per_stream: usize, tag: &str) {
+    for n in 0..per_stream {
+        for s in 0..streams {
+            bus.publish_new(
+                NewEvent::new("work.queued", json!({ "n": n })).in_stream(format!("{tag}-{s}")),
+            )
+            .await
+            .unwrap();
+        }
+    }
+}
+
+/// Within each stream, the handled versions, in the order of handling.
+fn versions_by_stream(log: &[Handled]) -> HashMap<String, Vec<u64>> {
+    let mut by_stream: HashMap<String, Vec<u64>> = HashMap::new();
+    for (_, stream, version, _) in log {
+        by_stream.entry(stream.clone()).or_default().push(*version);
+    }
+    by_stream
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn members_share_the_partitions_keep_stream_order_and_handle_each_event_once() {
+    let store = Arc::new(MemoryStore::new());
+    let log = Log::default();
+    let (a, b) = (bus_on(&store), bus_on(&store));
+    join(&a, "a", &log);
+    join(&b, "b", &log);
+    until("the partitions are spread evenly", || {
+        owned(&a).len() == 4 && owned(&b).len() == 4
+    })
+    .await;
+    let (mine, theirs): (HashSet<u32>, HashSet<u32>) = (
+        owned(&a).into_iter().collect(),
+        owned(&b).into_iter().collect(),
+    );
+    assert!(mine.is_disjoint(&theirs), "{mine:?} and {theirs:?} overlap");
+
+    publish(&a, 20, 10, "order").await;
+    until("every event is handled", || log.all().len() >= 200).await;
+    a.shutdown().await;
+    b.shutdown().await;
+
+    let handled = log.all();
+    let ids: HashSet<_> = handled.iter().map(|h| h.3).collect();
+    assert_eq!(ids.len(), handled.len(), "an event was handled twice");
+    assert_eq!(handled.len(), 200);
+    for (stream, versions) in versions_by_stream(&handled) {
+        assert_eq!(versions, (0..10).collect::<Vec<_>>(), "stream {stream}");
+    }
+    for (label, stream, _, _) in &handled {
+        let partition = partition_of(stream, PARTITIONS);
+        let owner = if mine.contains(&partition) { "a" } else { "b" };
+        assert_eq!(
+            label, &owner,
+            "{stream} (partition {partition}) handled off its owner"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_member_that_leaves_hands_its_partitions_over_without_duplicates() {
+    let store = Arc::new(MemoryStore::new());
+    let log = Log::default();
+    let (a, b) = (bus_on(&store), bus_on(&store));
+    join(&a, "a", &log);
+    join(&b, "b", &log);
+    until("the partitions are spread evenly", || {
+        owned(&a).len() == 4 && owned(&b).len() == 4
+    })
+    .await;
+    publish(&b, 16, 20, "order").await;
+    // Leaves while work is in flight: its batches finish and their
+    // checkpoints are saved before its partitions are given back.
+    a.shutdown().await;
+    until("the other member took every partition", || {
+        owned(&b).len() == PARTITIONS as usize
+    })
+    .await;
+    publish(&b, 16, 5, "order").await;
+    until("every event is handled", || log.all().len() >= 16 * 25).await;
+    b.shutdown().await;
+
+    let handled = log.all();
+    let ids: HashSet<_> = handled.iter().map(|h| h.3).collect();
+    assert_eq!(ids.len(), handled.len(), "an event was handled twice");
+    assert_eq!(handled.len(), 16 * 25);
+    for (stream, versions) in versions_by_stream(&handled) {
+        assert_eq!(versions, (0..25).collect::<Vec<_>>(), "stream {stream}");
+    }
+    assert!(
+        handled.iter().any(|h| h.0 == "a") && handled.iter().any(|h| h.0 == "b"),
+        "both members worked"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn replaying_a_group_rewinds_every_partition_in_every_member() {
+    let store = Arc::new(MemoryStore::new());
+    let log = Log::default();
+    let (a, b) = (bus_on(&store), bus_on(&store));
+    join(&a, "a", &log);
+    join(&b, "b", &log);
+    publish(&a, 10, 5, "order").await;
+    until("every event is handled", || log.all().len() >= 50).await;
+    let deadline = Instant::now() + PATIENCE;
+    while a.lag(NAME).await.unwrap() != 0 {
+        assert!(Instant::now() < deadline, "the group never caught up");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        b.lag(NAME).await.unwrap(),
+        0,
+        "both members see the group's lag"
+    );
+
+    assert_eq!(b.replay(NAME, ReplayFrom::Beginning).await.unwrap(), 0);
+    until("every event is handled again", || log.all().len() >= 100).await;
+    a.shutdown().await;
+    b.shutdown().await;
+    let handled = log.all();
+    assert_eq!(handled.len(), 100, "each event once more, no more");
+    for (stream, versions) in versions_by_stream(&handled) {
+        let expected: Vec<u64> = (0..5).chain(0..5).collect();
+        assert_eq!(versions, expected, "stream {stream}");
+    }
+}
+
+#[tokio::test]
+async fn competing_needs_a_durable_subscriber_a_lease_store_and_partitions() {
+    let store = Arc::new(MemoryStore::new());
+    let sub = || Subscriber::new(NAME, handler_fn(|_, _| async { Ok(()) })).topic("#");
+    let without_leases = Bus::builder().store(Arc::clone(&store)).build();
+    assert!(matches!(
+        without_leases.subscribe(sub().mode(DeliveryMode::Durable).competing(4)),
+        Err(SubscribeError::NoLeaseStore(name)) if name == NAME
+    ));
+    let bus = bus_on(&store);
+    assert!(matches!(
+        bus.subscribe(sub().mode(DeliveryMode::Async).competing(4)),
+        Err(SubscribeError::CompetingNotDurable(_))
+    ));
+    assert!(matches!(
+        bus.subscribe(sub().mode(DeliveryMode::Durable).competing(0)),
+        Err(SubscribeError::Config(ConfigError::Zero("partitions")))
+    ));
+    assert!(matches!(
+        bus.subscribe(
+            sub()
+                .mode(DeliveryMode::Durable)
+                .competing(4)
+                .lease_ttl(Duration::ZERO)
+        ),
+        Err(SubscribeError::Config(ConfigError::Zero("lease ttl")))
+    ));
+    assert_eq!(bus.subscriber(NAME), None, "nothing was subscribed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_member_whose_leases_are_taken_stops_working_on_them() {
+    let store = Arc::new(MemoryStore::new());
+    let log = Log::default();
+    let a = bus_on(&store);
+    join(&a, "a", &log);
+    until("the only member holds every partition", || {
+        owned(&a).len() == PARTITIONS as usize
+    })
+    .await;
+    publish(&a, 8, 5, "order").await;
+    until("the first events are handled", || log.all().len() >= 40).await;
+
+    // Another member takes every partition, as if the first one's leases
+    // had expired (again if the first one took some back in between).
+    let ttl = Duration::from_secs(60);
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let states = store.partitions(NAME).await.unwrap();
+        for owner in states.iter().filter_map(|s| s.owner.as_deref()) {
+            if owner != "intruder" {
+                store.leave(NAME, owner).await.unwrap();
+            }
+        }
+        store.renew(NAME, "intruder", ttl).await.unwrap();
+        for p in 0..PARTITIONS {
+            store.acquire(NAME, "intruder", p, ttl, 0).await.unwrap();
+        }
+        let states = store.partitions(NAME).await.unwrap();
+        if states
+            .iter()
+            .all(|s| s.owner.as_deref() == Some("intruder"))
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the intruder never took over");
+    }
+    until("the first member notices", || owned(&a).is_empty()).await;
+    publish(&a, 8, 5, "order").await;
+
+    // The intruder goes without working: the first member takes the
+    // partitions back from their checkpoints. Had it delivered the new
+    // events while it held no lease, its saves would have been refused and
+    // it would now deliver them a second time.
+    store.leave(NAME, "intruder").await.unwrap();
+    until("every event is handled", || log.all().len() >= 80).await;
+    a.shutdown().await;
+    let handled = log.all();
+    let ids: HashSet<_> = handled.iter().map(|h| h.3).collect();
+    assert_eq!(ids.len(), handled.len(), "an event was handled twice");
+    assert_eq!(handled.len(), 80);
+    for (stream, versions) in versions_by_stream(&handled) {
+        assert_eq!(versions, (0..10).collect::<Vec<_>>(), "stream {stream}");
+    }
+}
