@@ -222,6 +222,7 @@
 #![warn(missing_docs)]
 
 mod checkpoint;
+mod coalesce;
 mod config;
 mod dead_letters;
 mod error;
@@ -234,5 +235,5 @@ mod store;
 mod watermark;
 
 pub use crate::config::{ConfigError, MAX_SCHEMA_LEN, PgConfig};
-pub use crate::error::{ConnectError, DatabaseError};
+pub use crate::error::{ConnectError, DatabaseError, GroupCommitError};
 pub use crate::store::PgStore;

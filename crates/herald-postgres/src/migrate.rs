@@ -42,6 +42,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "ledger",
         sql: include_str!("../migrations/0004_ledger.sql"),
     },
+    Migration {
+        version: 5,
+        name: "append_group",
+        sql: include_str!("../migrations/0005_append_group.sql"),
+    },
 ];
 
 /// FNV-1a, 64 bits: a checksum that stays the same across Rust releases.
