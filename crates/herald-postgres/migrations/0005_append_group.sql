@@ -18,8 +18,16 @@
 --   3 lost a race without a verdict (a concurrent writer stored one of the
 --     ids, or deleted the stream): nothing written; the caller starts again;
 --   4 failed: r_detail holds the SQLSTATE and message; nothing written.
--- Only the failing append's subtransaction rolls back, so one append's
--- conflict or error never fails the others.
+-- One append's conflict or error never fails the others.
+--
+-- The whole group is first tried set-based, in one subtransaction: the
+-- group's existing streams are locked and read in one statement, versions
+-- and conflicts are worked out in memory, then one UPDATE moves the
+-- existing streams on, one INSERT creates the new ones and one INSERT
+-- writes every event. If that raises (a concurrent writer stored one of the
+-- ids, a lock held too long, two appends of the group share an id), it
+-- rolls back and each append is applied again in a subtransaction of its
+-- own, so that only the failing ones fail.
 --
 -- Each append writes its stream's row before it draws a position, as a
 -- single append does, so the transaction holds its id (and the lock on
@@ -53,16 +61,180 @@ LANGUAGE plpgsql
 SET search_path FROM CURRENT
 AS $$
 DECLARE
+    appends integer := coalesce(array_length(p_streams, 1), 0);
+    events_total integer := coalesce(array_length(p_ids, 1), 0);
+    starts integer[] := '{}';
+    outcomes smallint[];
+    versions bigint[];
+    positions bigint[];
+    details text[];
+    -- The group's streams as known so far: name, version (null: none),
+    -- whether it exists in the table, whether the group writes it.
+    names text[];
+    heads bigint[];
+    existing boolean[];
+    touched boolean[];
+    created text[];
+    event_streams text[];
+    event_versions bigint[];
+    keep boolean[];
+    fast boolean := true;
+    recorded timestamptz;
     first integer := 1;
     last integer;
     n bigint;
+    k integer;
+    v bigint;
+    kind smallint;
     stream_name text;
     current_version bigint;
-    recorded timestamptz;
 BEGIN
     PERFORM set_config('lock_timeout', '100ms', true);
-    FOR i IN 1 .. coalesce(array_length(p_streams, 1), 0) LOOP
+    IF appends = 0 THEN
+        RETURN;
+    END IF;
+    FOR i IN 1 .. appends LOOP
+        starts[i] := first;
+        first := first + p_counts[i];
+    END LOOP;
+    outcomes := array_fill(0::smallint, ARRAY[appends]);
+    versions := array_fill(NULL::bigint, ARRAY[appends]);
+    details := array_fill(NULL::text, ARRAY[appends]);
+
+    BEGIN
+        -- Appends that give an id that is stored already write nothing.
+        IF true = ANY (p_given) THEN
+            FOR i IN 1 .. appends LOOP
+                last := starts[i] + p_counts[i] - 1;
+                IF true = ANY (p_given[starts[i]:last]) AND EXISTS (
+                    SELECT 1 FROM events e
+                    WHERE e.id = ANY (ARRAY(
+                        SELECT u.id
+                        FROM unnest(p_ids[starts[i]:last], p_given[starts[i]:last]) AS u (id, given)
+                        WHERE u.given
+                    ))
+                ) THEN
+                    outcomes[i] := 2;
+                END IF;
+            END LOOP;
+        END IF;
+        -- Lock the existing streams, in name order, and read their versions:
+        -- final until commit.
+        SELECT coalesce(array_agg(l.name ORDER BY l.name), '{}'),
+            coalesce(array_agg(l.version ORDER BY l.name), '{}')
+        INTO names, heads
+        FROM (
+            SELECT s.name, s.version FROM streams AS s
+            WHERE s.name = ANY (p_streams)
+            ORDER BY s.name
+            FOR UPDATE
+        ) AS l;
+        existing := array_fill(true, ARRAY[coalesce(array_length(names, 1), 0)]);
+        touched := array_fill(false, ARRAY[coalesce(array_length(names, 1), 0)]);
+        -- Each append in turn against the versions the earlier ones left.
+        FOR i IN 1 .. appends LOOP
+            CONTINUE WHEN outcomes[i] <> 0;
+            k := array_position(names, p_streams[i]);
+            IF k IS NULL THEN
+                names := names || p_streams[i];
+                heads := heads || NULL::bigint;
+                existing := existing || false;
+                touched := touched || false;
+                k := array_length(names, 1);
+            END IF;
+            v := heads[k];
+            kind := p_expected_kinds[i];
+            IF (kind = 1 AND v IS NOT NULL) OR (kind = 2 AND v IS NULL)
+                OR (kind = 3 AND (v IS NULL OR v <> p_expected_versions[i])) THEN
+                outcomes[i] := 1;
+                versions[i] := v;
+            ELSE
+                versions[i] := coalesce(v, -1) + p_counts[i];
+                heads[k] := versions[i];
+                touched[k] := true;
+            END IF;
+        END LOOP;
+        recorded := clock_timestamp();
+        -- Writing the streams' rows first gives the transaction its id
+        -- before it draws any position.
+        UPDATE streams AS s
+        SET version = u.version, last_recorded_at = recorded
+        FROM unnest(names, heads, existing, touched) AS u (name, version, existing, touched)
+        WHERE u.existing AND u.touched AND s.name = u.name;
+        WITH made AS (
+            INSERT INTO streams (name, version, first_recorded_at, last_recorded_at)
+            SELECT u.name, u.version, recorded, recorded
+            FROM unnest(names, heads, existing, touched) AS u (name, version, existing, touched)
+            WHERE NOT u.existing AND u.touched
+            ORDER BY u.name
+            ON CONFLICT (name) DO NOTHING
+            RETURNING name
+        )
+        SELECT coalesce(array_agg(made.name), '{}') INTO created FROM made;
+        -- A stream another transaction created meanwhile: its appends start
+        -- again alone.
+        FOR i IN 1 .. appends LOOP
+            IF outcomes[i] = 0 THEN
+                k := array_position(names, p_streams[i]);
+                IF NOT existing[k] AND NOT (p_streams[i] = ANY (created)) THEN
+                    outcomes[i] := 3;
+                    versions[i] := NULL;
+                END IF;
+            END IF;
+        END LOOP;
+        event_streams := array_fill(NULL::text, ARRAY[events_total]);
+        event_versions := array_fill(NULL::bigint, ARRAY[events_total]);
+        keep := array_fill(false, ARRAY[events_total]);
+        FOR i IN 1 .. appends LOOP
+            IF outcomes[i] = 0 THEN
+                FOR j IN 0 .. p_counts[i] - 1 LOOP
+                    event_streams[starts[i] + j] := p_streams[i];
+                    event_versions[starts[i] + j] := versions[i] - p_counts[i] + 1 + j;
+                    keep[starts[i] + j] := true;
+                END LOOP;
+            END IF;
+        END LOOP;
+        WITH inserted AS (
+            INSERT INTO events (position, id, type, stream, version, recorded_at, data,
+                correlation_id, causation_id, headers)
+            SELECT nextval('event_positions'), u.id, u.type, u.stream, u.version, recorded,
+                u.data::json, u.correlation_id, u.causation_id, u.headers::jsonb
+            FROM unnest(p_ids, p_types, p_data, p_correlation_ids, p_causation_ids, p_headers,
+                    event_streams, event_versions, keep)
+                WITH ORDINALITY AS u (id, type, data, correlation_id, causation_id, headers,
+                    stream, version, keep, ord)
+            WHERE u.keep
+            ORDER BY u.ord
+            RETURNING events.position
+        )
+        SELECT coalesce(array_agg(inserted.position ORDER BY inserted.position), '{}')
+        INTO positions FROM inserted;
+    EXCEPTION
+        WHEN OTHERS THEN
+            fast := false;
+    END;
+
+    IF fast THEN
+        -- Positions were drawn in event order.
+        k := 1;
+        FOR i IN 1 .. appends LOOP
+            r_outcome := outcomes[i];
+            r_version := versions[i];
+            r_positions := NULL;
+            r_detail := NULL;
+            IF outcomes[i] = 0 THEN
+                r_positions := positions[k:k + p_counts[i] - 1];
+                k := k + p_counts[i];
+            END IF;
+            RETURN NEXT;
+        END LOOP;
+        RETURN;
+    END IF;
+
+    -- The set-based attempt failed as a whole: each append alone.
+    FOR i IN 1 .. appends LOOP
         n := p_counts[i];
+        first := starts[i];
         last := first + p_counts[i] - 1;
         stream_name := p_streams[i];
         r_outcome := 0;
@@ -146,7 +318,6 @@ BEGIN
                 r_detail := SQLSTATE || ': ' || SQLERRM;
         END;
         RETURN NEXT;
-        first := last + 1;
     END LOOP;
 END
 $$;
