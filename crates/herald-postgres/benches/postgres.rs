@@ -10,7 +10,8 @@
 //! - `single_event_appends`: 64 concurrent callers, each appending one
 //!   event per call to a stream of its own, with coalesced appends (the
 //!   default), with each append its own transaction, and as raw single-row
-//!   `INSERT`s over 64 connections; then one caller alone, coalesced and
+//!   `INSERT`s over 64 connections, and coalesced with one and with four
+//!   groups in flight instead of two; then one caller alone, coalesced and
 //!   not. Each call's latency is timed too, and p50/p99 are printed.
 //! - `read_all`: reading 10,000 events of the global log, against a raw
 //!   `SELECT` of the same rows.
@@ -338,17 +339,21 @@ async fn single_event_callers(
 }
 
 fn single_event_appends(c: &mut Criterion, rt: &Runtime, setup: &Setup) {
-    let connect = |coalesce: bool, connections: u32| {
+    let connect = |coalesce: bool, groups: usize, connections: u32| {
         rt.block_on(PgStore::connect(
             PgConfig::new(url())
                 .schema(setup.schema.clone())
                 .max_connections(connections)
-                .coalesce(coalesce),
+                .coalesce(coalesce)
+                .coalesce_groups(groups),
         ))
         .expect("a store for single-event appends")
     };
-    let coalesced = connect(true, 8);
-    let separate = connect(false, CALLERS as u32);
+    // The default config (two groups in flight), then one and four.
+    let coalesced = connect(true, 2, 8);
+    let one_group = connect(true, 1, 8);
+    let four_groups = connect(true, 4, 8);
+    let separate = connect(false, 2, CALLERS as u32);
     let runs = std::sync::atomic::AtomicUsize::new(0);
     let latencies = Latencies::default();
     for callers in [CALLERS, 1] {
@@ -361,6 +366,8 @@ fn single_event_appends(c: &mut Criterion, rt: &Runtime, setup: &Setup) {
             ("herald_separate_commits", &separate, Caller::Store),
         ];
         if callers > 1 {
+            variants.push(("herald_coalesced_1_group", &one_group, Caller::Store));
+            variants.push(("herald_coalesced_4_groups", &four_groups, Caller::Store));
             variants.push(("raw_insert", &separate, Caller::Raw));
         }
         for (name, store, how) in variants {
@@ -376,8 +383,9 @@ fn single_event_appends(c: &mut Criterion, rt: &Runtime, setup: &Setup) {
         group.finish();
     }
     rt.block_on(async {
-        coalesced.pool().close().await;
-        separate.pool().close().await;
+        for store in [&coalesced, &one_group, &four_groups, &separate] {
+            store.pool().close().await;
+        }
     });
 }
 

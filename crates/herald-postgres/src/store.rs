@@ -1005,7 +1005,11 @@ impl EventStore for PgStore {
         events: Vec<NewEvent>,
     ) -> Result<Appended, StoreError> {
         let mut batch = Batch::new(stream, events)?;
+        let mut slot = None;
         if self.inner.config.coalesce && batch.len() > 0 {
+            slot = coalesce::alone(&self.inner);
+        }
+        if self.inner.config.coalesce && batch.len() > 0 && slot.is_none() {
             let (reply, answer) = oneshot::channel();
             coalesce::submit(
                 &self.inner,
@@ -1035,8 +1039,9 @@ impl EventStore for PgStore {
         let appended = self
             .inner
             .append_on(&mut conn, stream, expected, &batch, true)
-            .await?;
-        drop(conn);
+            .await;
+        drop((conn, slot));
+        let appended = appended?;
         if self.inner.config.notify && !appended.events.is_empty() {
             self.inner.wake.notify_one();
         }
