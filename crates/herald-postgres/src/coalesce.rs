@@ -100,15 +100,20 @@ pub(crate) struct Slot {
 
 impl Drop for Slot {
     fn drop(&mut self) {
+        // Dropped outside a runtime (one that is shutting down), the slot
+        // only gives itself back: no group task could run anyway.
+        let runtime = tokio::runtime::Handle::try_current().ok();
         let group = {
             let mut queue = self.inner.coalescer.queue();
-            if queue.waiting.is_empty() {
+            if queue.waiting.is_empty() || runtime.is_none() {
                 queue.running -= 1;
                 return;
             }
             queue.take(self.inner.config.coalesce_max_appends)
         };
-        tokio::spawn(run(Arc::clone(&self.inner), group));
+        if let Some(runtime) = runtime {
+            runtime.spawn(run(Arc::clone(&self.inner), group));
+        }
     }
 }
 
