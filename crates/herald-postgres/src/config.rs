@@ -65,7 +65,12 @@ pub struct PgConfig {
     /// Default 64.
     pub coalesce_max_appends: usize,
     /// How many shared commits may be in flight at once, each on a
-    /// connection of its own: a group fills while others commit. Default 2.
+    /// connection of its own; appends gather into the next group while they
+    /// commit. Default 1: on the development machine (2 cores) one group in
+    /// flight beat two and four (9,600, 7,000 and 6,300 events/s from 64
+    /// callers in one run), because bigger groups cost less CPU per event.
+    /// With more cores, a second group can overlap one group's flush with
+    /// the next one's work.
     pub coalesce_groups: usize,
 }
 
@@ -82,7 +87,7 @@ impl Default for PgConfig {
             read_batch_size: 2048,
             coalesce: true,
             coalesce_max_appends: 64,
-            coalesce_groups: 2,
+            coalesce_groups: 1,
         }
     }
 }
