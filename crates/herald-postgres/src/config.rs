@@ -66,11 +66,12 @@ pub struct PgConfig {
     pub coalesce_max_appends: usize,
     /// How many shared commits may be in flight at once, each on a
     /// connection of its own; appends gather into the next group while they
-    /// commit. Default 1: on the development machine (2 cores) one group in
-    /// flight beat two and four (9,600, 7,000 and 6,300 events/s from 64
-    /// callers in one run), because bigger groups cost less CPU per event.
-    /// With more cores, a second group can overlap one group's flush with
-    /// the next one's work.
+    /// commit. Default 1: on the development machine (2 cores, shared) one
+    /// and two groups in flight measured alike within the noise (each ahead
+    /// in some runs) and four were behind in every run; one group makes the
+    /// biggest groups, which cost the least CPU per event. With more cores,
+    /// a second group can overlap one group's flush with the next one's
+    /// work (see [Coalesced appends](crate#coalesced-appends)).
     pub coalesce_groups: usize,
 }
 
