@@ -8,8 +8,9 @@
 //! are in flight, a task takes what is queued (at most
 //! [`PgConfig::coalesce_max_appends`](crate::PgConfig::coalesce_max_appends)
 //! appends) and sends it as one call of the schema's `append_group`
-//! function, which applies each append in its own subtransaction and
-//! commits them all at once. There is no timer: appends only wait for each
+//! function, which applies the whole group set-based (or, if that raises,
+//! each append in a subtransaction of its own) and commits it at once.
+//! There is no timer: appends only wait for each
 //! other while earlier groups are in flight. Callers hear back once the
 //! group committed.
 //!
