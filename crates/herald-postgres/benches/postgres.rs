@@ -7,6 +7,12 @@
 //!   each transaction as the store does it, and the same with an advisory
 //!   lock held from the append to the commit (the other known fix for the
 //!   sequence-gap problem) — the measured cost of each technique.
+//! - `single_event_appends`: 64 concurrent callers, each appending one
+//!   event per call to a stream of its own, with coalesced appends (the
+//!   default), with each append its own transaction, and as raw single-row
+//!   `INSERT`s over 64 connections, and coalesced with two and with four
+//!   groups in flight instead of one; then one caller alone, coalesced and
+//!   not. Each call's latency is timed too, and p50/p99 are printed.
 //! - `read_all`: reading 10,000 events of the global log, against a raw
 //!   `SELECT` of the same rows.
 //!
@@ -27,6 +33,8 @@ use tokio::runtime::Runtime;
 const BATCH: usize = 100;
 const WRITERS: usize = 8;
 const READ: usize = 10_000;
+/// Concurrent callers of `single_event_appends`.
+const CALLERS: usize = 64;
 
 fn url() -> String {
     std::env::var("HERALD_TEST_POSTGRES_URL")
@@ -228,6 +236,161 @@ fn concurrent_appends(c: &mut Criterion, rt: &Runtime, setup: &Setup) {
     group.finish();
 }
 
+/// Per-call latencies of one benchmark, in microseconds, across its runs.
+#[derive(Default)]
+struct Latencies(std::sync::Mutex<Vec<u32>>);
+
+impl Latencies {
+    fn add(&self, mut more: Vec<u32>) {
+        self.0.lock().unwrap().append(&mut more);
+    }
+
+    /// Prints p50, p90, p99 and the maximum, and forgets them.
+    fn report(&self, name: &str) {
+        let mut all = std::mem::take(&mut *self.0.lock().unwrap());
+        if all.is_empty() {
+            return;
+        }
+        all.sort_unstable();
+        let at = |q: f64| all[((all.len() - 1) as f64 * q).round() as usize] as f64 / 1000.0;
+        println!(
+            "{name}: {} calls, latency p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+            all.len(),
+            at(0.5),
+            at(0.9),
+            at(0.99),
+            at(1.0)
+        );
+    }
+}
+
+/// How one caller appends one event.
+#[derive(Clone, Copy)]
+enum Caller {
+    Store,
+    Raw,
+}
+
+/// `callers` tasks, each making `rounds` calls that write one event to a
+/// stream of its own; returns the wall time and records each call's
+/// latency.
+async fn single_event_callers(
+    store: &PgStore,
+    how: Caller,
+    callers: usize,
+    rounds: usize,
+    run: usize,
+    latencies: &Latencies,
+) -> Duration {
+    let raw_sql = format!(
+        "INSERT INTO \"{}\".raw_events \
+         (id, type, stream, version, recorded_at, data, correlation_id) \
+         VALUES ($1, $2, $3, $4, $5, $6::json, $1)",
+        store.config().schema
+    );
+    let start = Instant::now();
+    let tasks: Vec<_> = (0..callers)
+        .map(|caller| {
+            let (store, raw_sql) = (store.clone(), raw_sql.clone());
+            tokio::spawn(async move {
+                let name = format!("bench-single-{run}-{caller}");
+                let stream = StreamName::new(name.clone()).unwrap();
+                let mut times = Vec::with_capacity(rounds);
+                for round in 0..rounds {
+                    let event = payload(round);
+                    let began = Instant::now();
+                    match how {
+                        Caller::Store => {
+                            store
+                                .append(
+                                    &stream,
+                                    ExpectedVersion::Any,
+                                    vec![NewEvent::new("order.created", event)],
+                                )
+                                .await
+                                .unwrap();
+                        }
+                        Caller::Raw => {
+                            sqlx::query(&raw_sql)
+                                .bind(*EventId::new().as_uuid())
+                                .bind("order.created")
+                                .bind(&name)
+                                .bind(round as i64)
+                                .bind(chrono::Utc::now())
+                                .bind(event.to_string())
+                                .execute(store.pool())
+                                .await
+                                .unwrap();
+                        }
+                    }
+                    times.push(began.elapsed().as_micros().min(u32::MAX as u128) as u32);
+                }
+                times
+            })
+        })
+        .collect();
+    let mut times = Vec::new();
+    for task in tasks {
+        times.extend(task.await.unwrap());
+    }
+    let elapsed = start.elapsed();
+    latencies.add(times);
+    elapsed
+}
+
+fn single_event_appends(c: &mut Criterion, rt: &Runtime, setup: &Setup) {
+    let connect = |coalesce: bool, groups: usize, connections: u32| {
+        rt.block_on(PgStore::connect(
+            PgConfig::new(url())
+                .schema(setup.schema.clone())
+                .max_connections(connections)
+                .coalesce(coalesce)
+                .coalesce_groups(groups),
+        ))
+        .expect("a store for single-event appends")
+    };
+    // The default config (one group in flight), then two and four.
+    let coalesced = connect(true, 1, 6);
+    let two_groups = connect(true, 2, 6);
+    let four_groups = connect(true, 4, 8);
+    let separate = connect(false, 2, CALLERS as u32);
+    let runs = std::sync::atomic::AtomicUsize::new(0);
+    let latencies = Latencies::default();
+    for callers in [CALLERS, 1] {
+        let mut group = c.benchmark_group(format!("single_event_appends_{callers}_callers"));
+        group.throughput(Throughput::Elements(callers as u64));
+        group.sample_size(10);
+        group.measurement_time(Duration::from_secs(10));
+        // The variants on few connections first: the server's connection
+        // limit is shared, and the 64-connection pool keeps its connections.
+        let mut variants = vec![("herald_coalesced", &coalesced, Caller::Store)];
+        if callers > 1 {
+            variants.push(("herald_coalesced_2_groups", &two_groups, Caller::Store));
+            variants.push(("herald_coalesced_4_groups", &four_groups, Caller::Store));
+        }
+        variants.push(("herald_separate_commits", &separate, Caller::Store));
+        if callers > 1 {
+            variants.push(("raw_insert", &separate, Caller::Raw));
+        }
+        for (name, store, how) in variants {
+            let (runs, latencies) = (&runs, &latencies);
+            group.bench_function(name, |b| {
+                b.to_async(rt).iter_custom(|iters| async move {
+                    let run = runs.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    single_event_callers(store, how, callers, iters as usize, run, latencies).await
+                })
+            });
+            latencies.report(&format!("single_event_appends_{callers}_callers/{name}"));
+        }
+        group.finish();
+    }
+    rt.block_on(async {
+        for store in [&coalesced, &two_groups, &four_groups, &separate] {
+            store.pool().close().await;
+        }
+    });
+}
+
 fn read_all(c: &mut Criterion, rt: &Runtime, setup: &Setup) {
     // A log of its own: 10,000 events after whatever the other groups wrote.
     let start = rt.block_on(async {
@@ -293,6 +456,7 @@ fn main() {
     let setup = rt.block_on(setup());
     append_batch_100(c, &rt, &setup);
     concurrent_appends(c, &rt, &setup);
+    single_event_appends(c, &rt, &setup);
     read_all(c, &rt, &setup);
     rt.block_on(async {
         sqlx::query(&format!("DROP SCHEMA \"{}\" CASCADE", setup.schema))

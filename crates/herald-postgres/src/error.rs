@@ -1,5 +1,7 @@
 //! Errors of connecting and of the database.
 
+use std::sync::Arc;
+
 use herald::store::StoreError;
 
 use crate::config::ConfigError;
@@ -88,3 +90,40 @@ pub(crate) fn violation(error: &sqlx::Error) -> Option<(String, Option<String>)>
 pub(crate) const UNIQUE_VIOLATION: &str = "23505";
 /// SQLSTATE of a foreign key violation.
 pub(crate) const FOREIGN_KEY_VIOLATION: &str = "23503";
+
+/// A coalesced group of appends failed as a whole; the payload of
+/// [`StoreError::Backend`] for each append of the group.
+///
+/// Every append of the group gets one, sharing the cause. When the
+/// connection failed while the group was in flight, whether it committed
+/// is not known (as for an uncoalesced append whose connection fails): read
+/// the stream before appending again, or append with ids of your own, which
+/// makes a repeat idempotent.
+#[derive(Clone, Debug, thiserror::Error)]
+#[error("postgres failed to append a coalesced group: {message}")]
+pub struct GroupCommitError {
+    message: String,
+    #[source]
+    source: Option<Arc<sqlx::Error>>,
+}
+
+impl GroupCommitError {
+    pub(crate) fn new(message: String) -> Self {
+        Self {
+            message,
+            source: None,
+        }
+    }
+
+    pub(crate) fn from_sqlx(error: sqlx::Error) -> Self {
+        Self {
+            message: error.to_string(),
+            source: Some(Arc::new(error)),
+        }
+    }
+
+    /// The error sqlx reported, if the group failed in the database client.
+    pub fn sqlx(&self) -> Option<&sqlx::Error> {
+        self.source.as_deref()
+    }
+}

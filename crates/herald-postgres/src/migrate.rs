@@ -43,6 +43,11 @@ const MIGRATIONS: &[Migration] = &[
         sql: include_str!("../migrations/0004_ledger.sql"),
     },
     Migration {
+        version: 5,
+        name: "append_group",
+        sql: include_str!("../migrations/0005_append_group.sql"),
+    },
+    Migration {
         version: 6,
         name: "inbox",
         sql: include_str!("../migrations/0006_inbox.sql"),

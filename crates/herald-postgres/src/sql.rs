@@ -21,6 +21,7 @@ pub(crate) struct Queries {
     pub(crate) link_no_stream: String,
     pub(crate) link_existing: String,
     pub(crate) stored_events: String,
+    pub(crate) append_group: String,
     pub(crate) event_positions: String,
     pub(crate) stream_version: String,
     pub(crate) lock_stream: String,
@@ -71,6 +72,8 @@ impl Queries {
             link_no_stream: with(no_stream, link),
             link_existing: with(existing, link),
             stored_events: q(include_str!("../queries/append/stored_events.sql")),
+            append_group: q("SELECT r_outcome, r_version, r_positions \
+                 FROM {schema}.append_group($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"),
             event_positions: q(
                 "SELECT id, position FROM {schema}.events WHERE id = ANY ($1::uuid[])",
             ),

@@ -18,12 +18,15 @@ use herald::{
 };
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
 use sqlx::{PgConnection, PgPool, Postgres, Row, Transaction};
-use tokio::sync::{Notify, watch};
+use tokio::sync::{Notify, oneshot, watch};
 use tokio::task::JoinHandle;
 use uuid::Uuid;
 
+use crate::coalesce::{self, Coalescer, Pending, Reply};
 use crate::config::{ConfigError, PgConfig};
-use crate::error::{ConnectError, FOREIGN_KEY_VIOLATION, UNIQUE_VIOLATION, backend, violation};
+use crate::error::{
+    ConnectError, FOREIGN_KEY_VIOLATION, GroupCommitError, UNIQUE_VIOLATION, backend, violation,
+};
 use crate::listener;
 use crate::log::LogStream;
 use crate::migrate;
@@ -49,11 +52,12 @@ pub struct PgStore {
 
 pub(crate) struct Inner {
     pub(crate) pool: PgPool,
-    config: PgConfig,
+    pub(crate) config: PgConfig,
     pub(crate) sql: Queries,
     watermark: Watermark,
     pub(crate) head: watch::Sender<u64>,
-    wake: Arc<Notify>,
+    pub(crate) wake: Arc<Notify>,
+    pub(crate) coalescer: Coalescer,
     tasks: Mutex<Vec<JoinHandle<()>>>,
     /// When dead letters past the retention were last removed (Unix
     /// seconds), so that recording a dead letter purges at most once a
@@ -128,6 +132,7 @@ impl PgStore {
             watermark: Watermark::default(),
             head: watch::channel(0).0,
             wake: Arc::new(Notify::new()),
+            coalescer: Coalescer::default(),
             tasks: Mutex::new(Vec::new()),
             last_purge: AtomicI64::new(Utc::now().timestamp()),
             config,
@@ -264,11 +269,13 @@ struct SettledRun {
 
 /// The events of one append, checked and with ids and correlation ids
 /// filled in.
-struct Batch {
-    events: Vec<NewEvent>,
+pub(crate) struct Batch {
+    pub(crate) events: Vec<NewEvent>,
     /// The ids the caller gave (only these can be stored already).
     given: Vec<Uuid>,
-    ids: Vec<Uuid>,
+    /// Per event, whether the caller gave its id.
+    pub(crate) is_given: Vec<bool>,
+    pub(crate) ids: Vec<Uuid>,
 }
 
 impl Batch {
@@ -277,11 +284,13 @@ impl Batch {
             EventType::new(event.event_type())?;
         }
         let mut given = Vec::new();
+        let mut is_given = Vec::with_capacity(events.len());
         let mut seen = HashSet::new();
         let mut ids = Vec::with_capacity(events.len());
         let events = events
             .into_iter()
             .map(|event| {
+                is_given.push(event.id().is_some());
                 let id = match event.id() {
                     Some(id) => {
                         given.push(*id.as_uuid());
@@ -307,10 +316,15 @@ impl Batch {
                 });
             }
         }
-        Ok(Self { events, given, ids })
+        Ok(Self {
+            events,
+            given,
+            is_given,
+            ids,
+        })
     }
 
-    fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.events.len()
     }
 }
@@ -1002,7 +1016,32 @@ impl EventStore for PgStore {
         expected: ExpectedVersion,
         events: Vec<NewEvent>,
     ) -> Result<Appended, StoreError> {
-        let batch = Batch::new(stream, events)?;
+        let mut batch = Batch::new(stream, events)?;
+        let mut slot = None;
+        if self.inner.config.coalesce && batch.len() > 0 {
+            slot = coalesce::alone(&self.inner);
+        }
+        if self.inner.config.coalesce && batch.len() > 0 && slot.is_none() {
+            let (reply, answer) = oneshot::channel();
+            coalesce::submit(
+                &self.inner,
+                Pending {
+                    stream: stream.clone(),
+                    expected,
+                    batch,
+                    reply,
+                },
+            );
+            match answer.await {
+                Ok(Reply::Done(result)) => return result,
+                Ok(Reply::Alone(back)) => batch = back,
+                Err(_) => {
+                    return Err(StoreError::backend(GroupCommitError::new(
+                        "the group task ended without an answer".to_owned(),
+                    )));
+                }
+            }
+        }
         let mut conn = self
             .inner
             .pool
@@ -1012,8 +1051,9 @@ impl EventStore for PgStore {
         let appended = self
             .inner
             .append_on(&mut conn, stream, expected, &batch, true)
-            .await?;
-        drop(conn);
+            .await;
+        drop((conn, slot));
+        let appended = appended?;
         if self.inner.config.notify && !appended.events.is_empty() {
             self.inner.wake.notify_one();
         }

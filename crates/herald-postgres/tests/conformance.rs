@@ -18,3 +18,18 @@ herald_testkit::durable_conformance!(shared_store);
 herald_testkit::dead_letter_conformance!(support::store);
 
 herald_testkit::lease_conformance!(support::store);
+
+/// The same store scenarios with each append its own transaction
+/// ([`PgConfig::coalesce`](herald_postgres::PgConfig::coalesce) off), the
+/// path that coalesced appends also fall back on.
+mod separate_commits {
+    use herald_postgres::PgStore;
+
+    use super::support;
+
+    async fn store() -> PgStore {
+        support::store_with(support::config().coalesce(false)).await
+    }
+
+    herald_testkit::store_conformance!(store);
+}

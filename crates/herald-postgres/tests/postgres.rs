@@ -474,7 +474,11 @@ async fn migrations_apply_once_and_stores_share_a_schema() {
     .fetch_all(first.pool())
     .await
     .unwrap();
-    assert_eq!(applied, [1, 2, 3, 4, 6, 7], "each migration recorded once");
+    assert_eq!(
+        applied,
+        [1, 2, 3, 4, 5, 6, 7],
+        "each migration recorded once"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
