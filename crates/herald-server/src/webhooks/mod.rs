@@ -13,13 +13,29 @@
 //! | call | what it does |
 //! |---|---|
 //! | `POST /api/subscriptions` | creates one: 201; the same definition again: 200; another definition under an existing name: 409; a bad definition: 400 saying what is wrong |
-//! | `GET /api/subscriptions` | lists them: definition (never the secret), `status` (`enabled`/`disabled`), `running`, `checkpoint`, `lag`, `handled`, `failed`, `dead_lettered`, `skipped` |
+//! | `GET /api/subscriptions` | lists them: definition (never the secret; a password in the URL shows as `***`), `status` (`enabled`/`disabled`), `running`, `checkpoint`, `lag`, `handled`, `failed`, `dead_lettered`, `skipped` |
 //! | `GET /api/subscriptions/{name}` | one of them |
 //! | `POST /api/subscriptions/{name}/disable`, `/enable` | stops and resumes delivery; kept across restarts; nothing is lost in between (the checkpoint waits) |
 //! | `POST /api/subscriptions/{name}/replay` | `{"from":"start"}`, `{"position":N}` (the events after N) or `{"time":"RFC 3339"}`: moves the checkpoint back so that events are delivered again |
 //! | `DELETE /api/subscriptions/{name}` | stops it and forgets it and its checkpoint (its dead letters stay, to inspect or discard) |
 //!
 //! Unknown names get a 404 problem everywhere.
+//!
+//! # Definitions
+//!
+//! - `name`: 1 to 64 ASCII letters, digits, `-`, `_` or `.`, starting with a
+//!   letter or a digit.
+//! - `topics`: 1 to 32 herald topic patterns (`order.created`, `order.*`,
+//!   `order.#`, `#`).
+//! - `url`: an `http` or `https` URL with a host, at most 2048 bytes.
+//! - `secret` (optional): 1 to 1024 bytes.
+//! - `retry` (optional, each field too): `max_attempts` 1 to 100,
+//!   `initial_backoff_ms` and `max_backoff_ms` 1 to 86400000, initial at
+//!   most max.
+//! - `timeout_ms` (optional): 1 to 300000, how long one attempt may take.
+//!
+//! Unknown fields are refused, so that a misspelt option is not silently
+//! ignored.
 //!
 //! # Delivery
 //!
@@ -57,7 +73,9 @@
 //! dead letter sends it again through the same retries.
 //!
 //! Events are delivered one at a time in log order: while one event is
-//! being retried, the later ones wait.
+//! being retried, the later ones wait. Disabling a subscription lets the
+//! delivery in hand finish (its retries included) and holds the next ones;
+//! deleting one waits for that delivery before it answers.
 //!
 //! # Delivery guarantees
 //!
@@ -300,7 +318,7 @@ async fn view(state: &AppState, stored: &Stored) -> Result<View, Problem> {
     Ok(View {
         name: definition.name.clone(),
         topics: definition.topics.clone(),
-        url: definition.url.clone(),
+        url: delivery::redacted(&definition.url),
         signed: stored.created.secret_sealed.is_some(),
         retry: definition.retry,
         timeout_ms: definition.timeout_ms,
@@ -425,7 +443,7 @@ async fn create(State(state): State<AppState>, body: Bytes) -> Result<Response, 
                 "subscription {name:?} is stored but could not start: {e}"
             ))
         })?;
-        tracing::info!(subscription = %name, url = %created.definition.url, "webhook subscription created");
+        tracing::info!(subscription = %name, url = %delivery::redacted(&created.definition.url), "webhook subscription created");
         let stored = Stored {
             created,
             enabled: true,
