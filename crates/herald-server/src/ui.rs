@@ -134,7 +134,10 @@ fn serve(name: &str, request: &HeaderMap) -> Response {
         StatusCode::NOT_MODIFIED.into_response()
     } else {
         (
-            [(header::CONTENT_TYPE, HeaderValue::from_static(asset.content_type))],
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static(asset.content_type),
+            )],
             asset.body,
         )
             .into_response()
@@ -156,7 +159,10 @@ fn secure(headers: &mut HeaderMap) {
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),
     );
-    headers.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    headers.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
     headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
 }
 
@@ -201,9 +207,21 @@ mod tests {
                 assert!(!text.contains(banned), "{} uses {banned}", asset.name);
             }
             if asset.content_type == HTML {
-                assert!(!text.contains("<script>"), "{} has an inline script", asset.name);
-                assert!(!has_inline_handler(text), "{} has an inline event handler", asset.name);
-                assert!(!text.contains("style="), "{} has an inline style", asset.name);
+                assert!(
+                    !text.contains("<script>"),
+                    "{} has an inline script",
+                    asset.name
+                );
+                assert!(
+                    !has_inline_handler(text),
+                    "{} has an inline event handler",
+                    asset.name
+                );
+                assert!(
+                    !text.contains("style="),
+                    "{} has an inline style",
+                    asset.name
+                );
             }
         }
     }

@@ -10,9 +10,8 @@ export async function render(main, id) {
   const flash = h('div', { id: 'flash' });
   const list = h('div', { id: 'dead-letter-list' });
   const count = h('span', { class: 'muted', id: 'dead-letter-count' });
-  let letters = [];
   const draw = async () => {
-    letters = api.items(await api.get('/api/dead-letters'), 'dead_letters', 'letters');
+    const letters = api.items(await api.get('/api/dead-letters'), 'dead_letters');
     count.textContent = `${letters.length} dead letter${letters.length === 1 ? '' : 's'}`;
     retryAll.hidden = letters.length === 0;
     replace(list, letters.length === 0
@@ -21,7 +20,7 @@ export async function render(main, id) {
         letters.map((d) => row(d, flash, draw)), { id: 'dead-letters' }));
   };
   const retryAll = button('Retry all', async () => {
-    const outcome = await retryEach(letters);
+    const outcome = await retryEvery();
     replace(flash, notice(outcome.failed ? 'error' : 'ok', outcome.text));
     await draw();
   }, { id: 'retry-all', class: 'primary' });
@@ -37,20 +36,23 @@ function retried(answer) {
   return { failed, error: answer?.error ?? answer?.detail ?? null };
 }
 
-async function retryEach(letters) {
-  let ok = 0;
-  const errors = [];
-  for (const d of letters) {
-    try {
-      const r = retried(await api.post(`/api/dead-letters/${api.seg(d.id)}/retry`));
-      if (r.failed) errors.push(`${d.subscriber}: ${r.error ?? 'failed again'}`);
+/** Retries every dead letter at once (`POST /api/dead-letters/retry`). */
+async function retryEvery() {
+  try {
+    const results = api.items(await api.post('/api/dead-letters/retry'), 'results');
+    const errors = [];
+    let ok = 0;
+    for (const r of results) {
+      const outcome = retried(r);
+      if (outcome.failed || r.outcome === 'error') errors.push(outcome.error ?? 'failed again');
       else ok += 1;
-    } catch (err) {
-      errors.push(`${d.subscriber}: ${err.message}`);
     }
+    const text = `${ok} delivered, ${errors.length} failed again.`
+      + (errors.length ? ` ${errors.slice(0, 3).join('; ')}` : '');
+    return { failed: errors.length > 0, text };
+  } catch (err) {
+    return { failed: true, text: err.message };
   }
-  const text = `${ok} delivered, ${errors.length} failed again.` + (errors.length ? ` ${errors.slice(0, 3).join('; ')}` : '');
-  return { failed: errors.length > 0, text };
 }
 
 function row(d, flash, redraw) {

@@ -6,14 +6,11 @@ import * as api from './api.js';
 import { h, json, link, notice, replace, route, shortId, time } from './dom.js';
 import { shown, stillShown } from './app.js';
 
-// The global log is searched a page at a time, up to this many events, for
-// the events that share the correlation id; correlated events are
-// recorded after the one that started the conversation, and rarely far.
-const PAGE = 500;
-const MAX_SCANNED = 20000;
-// When the conversation's first event is not in the store (a correlation id
-// that came from outside), the search starts this far before the event.
-const LOOK_BEHIND = 5000;
+// The events of a conversation are looked up in the global log by
+// correlation id (`GET /api/events?correlation_id=`), a page at a time, up
+// to this many.
+const PAGE = 1000;
+const MAX_FOUND = 5000;
 
 /** `#/events/<id>`. */
 export async function render(main, id) {
@@ -69,51 +66,32 @@ function unwrap(answer) {
 }
 
 /**
- * The events of the conversation: every event found whose correlation id
- * is the event's (or whose id it is), and every event it caused. Answers
- * `{ events, root, from, to, complete }`.
+ * The events of the conversation: those with the event's correlation id
+ * (every event herald publishes while handling another carries it, and
+ * the first event's id is the correlation id). Answers
+ * `{ events, root, complete }`.
  */
 async function conversation(e, correlation) {
-  let root = null;
-  if (correlation && correlation !== e.id) {
-    try {
-      root = unwrap(await api.get(`/api/events/${api.seg(correlation)}`));
-    } catch (err) {
-      if (err.status !== 404) throw err;
-    }
-  } else {
-    root = e;
-  }
-  const here = e.position ?? 0;
-  const start = root?.position ?? Math.max(0, here - LOOK_BEHIND);
-  let after = start > 0 ? start - 1 : null;
-  const found = new Map();
-  let scanned = 0;
-  let complete = false;
-  let to = start;
-  while (scanned < MAX_SCANNED) {
-    const page = api.items(await api.get('/api/events', { after, limit: PAGE }), 'events');
-    for (const x of page) {
-      const m = x.metadata ?? {};
-      if (x.id === e.id || (correlation && (m.correlation_id === correlation || x.id === correlation))
-        || m.causation_id === e.id) {
-        found.set(x.id, x);
+  const found = new Map([[e.id, e]]);
+  let complete = true;
+  if (correlation) {
+    let after = null;
+    for (;;) {
+      const answer = await api.get('/api/events', { correlation_id: correlation, after, limit: PAGE });
+      for (const x of api.items(answer, 'events')) found.set(x.id, x);
+      if (answer?.next === null || answer?.next === undefined) break;
+      if (found.size >= MAX_FOUND) {
+        complete = false;
+        break;
       }
-      to = x.position ?? to;
+      after = answer.next;
     }
-    scanned += page.length;
-    if (page.length < PAGE) {
-      complete = true;
-      break;
-    }
-    after = page.at(-1).position;
   }
-  found.set(e.id, e);
-  if (root) found.set(root.id, root);
-  return { events: [...found.values()], root, from: start, to, complete };
+  const root = correlation ? found.get(correlation) ?? null : e;
+  return { events: [...found.values()], root, complete };
 }
 
-function drawChain(e, { events, root, from, to, complete }) {
+function drawChain(e, { events, root, complete }) {
   const byId = new Map(events.map((x) => [x.id, x]));
   const children = new Map();
   for (const x of events) {
@@ -169,8 +147,8 @@ function drawChain(e, { events, root, from, to, complete }) {
     out.push(h('ul', { class: 'tree', id: 'correlated-events' }, roots.map(node)));
   }
   out.push(h('p', { class: 'muted' },
-    `Searched the global log from position ${from} to ${to}`,
-    complete ? ' (its end).' : '; later events were not searched.',
+    `${events.length} event${events.length === 1 ? '' : 's'} with this correlation id`,
+    complete ? '.' : ` shown; there are more (only the first ${MAX_FOUND} are looked at).`,
     root ? null : ' The first event of this conversation is not in the store.'));
   return out;
 }

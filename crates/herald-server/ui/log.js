@@ -40,12 +40,10 @@ export async function render(main, query) {
     if (types) q.set('types', types);
     location.hash = `#/log?${q}`;
   };
-  const last = events.at(-1);
+  const next = answer.next ?? null;
   const pages = h('div', { class: 'toolbar' },
     button('From the start', () => go({})),
-    events.length === PAGE && last?.position !== undefined
-      ? button('Next page', () => go({ after: last.position }), { id: 'log-next' })
-      : null);
+    next !== null ? button('Next page', () => go({ after: next }), { id: 'log-next' }) : null);
 
   const table = eventTable(events, { id: 'log-events' });
   const tbody = table.querySelector('tbody');
@@ -59,13 +57,20 @@ export async function render(main, query) {
     live.setAttribute('aria-pressed', 'false');
   };
   const start = async () => {
-    // Newest first from now on: live events arrive at the top. The tail
-    // starts after the newest event on the page, so none is missed between
-    // the page and the subscription.
-    const rows = [...tbody.rows].sort((a, b) => position(b) - position(a));
-    tbody.append(...rows);
-    const newest = rows.length ? position(rows[0]) : -1;
-    const params = { topics: types || null, after: newest >= 0 ? newest : null };
+    // Newest first from now on: live events arrive at the top. On the last
+    // page of the log the tail starts after its newest event, so none is
+    // missed between the page and the subscription; on an older page it
+    // starts from the head of the log, and the old page is cleared.
+    let after;
+    if (next === null) {
+      const rows = [...tbody.rows].sort((a, b) => position(b) - position(a));
+      tbody.append(...rows);
+      after = rows.length ? Math.max(position(rows[0]), 0) : 0;
+    } else {
+      tbody.replaceChildren();
+      after = 'now';
+    }
+    const params = { topics: types || null, after };
     source = api.subscribe(params, (e) => {
       if (tbody.querySelector(`tr[data-event-id="${CSS.escape(String(e.id))}"]`)) return;
       const row = eventRow(e);

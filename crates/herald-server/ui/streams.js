@@ -1,48 +1,64 @@
 // Streams: the list with a search by name, and one stream's events.
 
 import * as api from './api.js';
-import { button, h, link, notice, replace, route, shortId, table, time } from './dom.js';
+import { append, button, h, link, notice, replace, route, shortId, table, time } from './dom.js';
 
-/** The name of a stream in a list answer (a string or an object). */
-function streamName(item) {
-  return typeof item === 'string' ? item : item.name ?? item.stream ?? item.id;
-}
+const STREAMS_PAGE = 200;
 
-/** `#/streams?q=`: every stream, filtered by a part of its name. */
+/**
+ * `#/streams?q=`: the streams in name order, those whose name starts with
+ * the search (the store looks them up by prefix, so this scales to any
+ * number of streams), a page at a time.
+ */
 export async function renderList(main, query) {
-  const search = query.get('q') ?? '';
-  const answer = await api.get('/api/streams', { q: search || null });
-  const all = api.items(answer, 'streams');
   const input = h('input', {
-    type: 'search', id: 'stream-search', placeholder: 'Search by name', value: search,
+    type: 'search', id: 'stream-search', placeholder: 'Name starts with…', value: query.get('q') ?? '',
     'aria-label': 'Search streams by name', autocomplete: 'off',
   });
   const count = h('p', { class: 'muted', id: 'stream-count' });
   const body = h('tbody');
-  const draw = () => {
-    const needle = input.value.trim().toLowerCase();
-    const shown = all.filter((s) => String(streamName(s)).toLowerCase().includes(needle));
-    count.textContent = `${shown.length} of ${all.length} streams`;
-    replace(body, shown.map((s) => {
-      const name = streamName(s);
-      return h('tr', {},
-        h('td', {}, link(name, 'streams', name)),
-        h('td', { class: 'num' }, s.version ?? s.events ?? s.count ?? ''),
-        h('td', {}, time(s.last_recorded_at ?? s.updated_at ?? s.recorded_at)));
-    }));
+  const more = h('div', { class: 'toolbar' });
+  let shownCount = 0;
+  let asked = 0;
+  const load = async (prefix, after) => {
+    const ticket = ++asked;
+    const answer = await api.get('/api/streams', { prefix: prefix || null, after, limit: STREAMS_PAGE });
+    if (ticket !== asked) return;
+    const streams = api.items(answer, 'streams');
+    if (!after) {
+      body.replaceChildren();
+      shownCount = 0;
+    }
+    shownCount += streams.length;
+    append(body, streams.map((s) => h('tr', {},
+      h('td', {}, link(s.stream, 'streams', s.stream)),
+      h('td', { class: 'num' }, s.version ?? ''),
+      h('td', { class: 'num' }, s.count ?? ''),
+      h('td', {}, time(s.last_recorded_at)))));
+    count.textContent = `${shownCount} stream${shownCount === 1 ? '' : 's'}${answer.next ? ' so far' : ''}`
+      + (prefix ? ` starting with “${prefix}”` : '');
+    replace(more, answer.next
+      ? button('More streams', () => load(prefix, answer.next), { id: 'more-streams' })
+      : null);
   };
+  let timer = null;
   input.addEventListener('input', () => {
-    draw();
-    // Keep the search in the address so that it survives a reload.
-    const q = input.value.trim();
-    history.replaceState(null, '', q ? `#/streams?q=${encodeURIComponent(q)}` : '#/streams');
+    clearTimeout(timer);
+    timer = setTimeout(() => {
+      const q = input.value.trim();
+      // Keep the search in the address so that it survives a reload.
+      history.replaceState(null, '', q ? `#/streams?q=${encodeURIComponent(q)}` : '#/streams');
+      load(q, null).catch((err) => replace(more, notice('error', err.message)));
+    }, 200);
   });
-  draw();
+  await load(input.value.trim(), null);
   const list = h('table', { id: 'streams' },
-    h('thead', {}, h('tr', {}, h('th', {}, 'Stream'), h('th', {}, 'Version'), h('th', {}, 'Last event'))),
+    h('thead', {}, h('tr', {}, h('th', {}, 'Stream'), h('th', {}, 'Version'), h('th', {}, 'Events'),
+      h('th', {}, 'Last event'))),
     body);
-  replace(main, h('h1', {}, 'Streams'), h('div', { class: 'toolbar' }, input), count, list);
+  replace(main, h('h1', {}, 'Streams'), h('div', { class: 'toolbar' }, input), count, list, more);
   input.focus();
+  return () => clearTimeout(timer);
 }
 
 const PAGE = 50;
@@ -60,15 +76,13 @@ export async function renderStream(main, name, query) {
     return `${route('streams', name)}${search ? `?${search}` : ''}`;
   };
   const go = (params) => { location.hash = at(params); };
-  const last = events.at(-1);
-  const next = last === undefined ? null
-    : direction === 'forward' ? last.version + 1 : last.version - 1;
+  const next = answer.next ?? null;
   const nav = h('div', { class: 'toolbar' },
     button('First', () => go({ direction: 'forward' })),
     button('Latest', () => go({ direction: 'backward' })),
     button(direction === 'forward' ? 'Older first ⇅' : 'Newest first ⇅',
       () => go({ direction: direction === 'forward' ? 'backward' : 'forward' })),
-    events.length === PAGE && next !== null && next >= 0
+    next !== null
       ? button('Next page', () => go({ direction, from: next }), { id: 'next-page' })
       : null);
   replace(main,
