@@ -375,6 +375,51 @@ async fn an_event_with_markup_in_its_payload_is_shown_as_text_and_runs_nothing()
     let tree = text(&browser, "#correlated-events").await;
     assert!(tree.contains("order.created"), "{tree}");
 
+    // The global log's live tail, over EventSource with the token in the
+    // query: an event appended now appears at the top.
+    find(&browser, "#nav a[data-view='log']")
+        .await
+        .click()
+        .await
+        .unwrap();
+    find(
+        &browser,
+        &format!("#log-events tr[data-event-id='{second}']"),
+    )
+    .await;
+    find(&browser, "#live-tail").await.click().await.unwrap();
+    until(
+        &browser,
+        "the live tail is open",
+        "document.querySelector('#live-status')?.textContent === 'open'",
+    )
+    .await;
+    let third = *EventId::new().as_uuid();
+    let response = http
+        .post(format!("{base}/api/streams/order-7/events"))
+        .bearer_auth(token)
+        .json(
+            &json!({"events": [{"id": third, "type": "order.shipped", "data": {"note": SCRIPT}}]}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201, "{}", response.text().await.unwrap());
+    until(
+        &browser,
+        "the live event is at the top",
+        &format!("document.querySelector('#log-events tbody tr')?.dataset.eventId === '{third}'"),
+    )
+    .await;
+    let rows = browser
+        .execute(
+            "return document.querySelectorAll('#log-events tbody tr').length;",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(rows, json!(3), "each event once");
+
     let pwned = browser
         .execute("return typeof window.__pwned;", vec![])
         .await

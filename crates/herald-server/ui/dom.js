@@ -76,10 +76,14 @@ export function time(iso) {
   return h('time', { datetime: String(iso), title: String(iso) }, text);
 }
 
-/** A short form of a UUID, the whole of it in a tooltip. */
+/**
+ * A short form of a UUID, the whole of it in a tooltip. Its start and end:
+ * herald's ids are UUIDv7, whose first digits are a time, the same for the
+ * events of one second.
+ */
 export function shortId(id) {
   const text = String(id ?? '');
-  return h('code', { title: text }, text.length > 13 ? text.slice(0, 8) + '…' : text);
+  return h('code', { title: text }, text.length > 16 ? `${text.slice(0, 8)}…${text.slice(-4)}` : text);
 }
 
 /** A notice at the top of the view: `kind` is `error`, `ok` or `info`. */
