@@ -524,3 +524,120 @@ async fn a_dead_letter_retried_with_its_button_is_delivered() {
     browser.close().await.unwrap();
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_is_disabled_replayed_and_enabled_from_its_row() {
+    let driver = Driver::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(&dir, &[]).await;
+    let base = format!("http://{}", server.addr());
+    let http = reqwest::Client::new();
+    for n in 0..3 {
+        let response = http
+            .post(format!("{base}/api/streams/invoice-{n}/events"))
+            .json(&json!({"events": [{"type": "invoice.sent", "data": {"n": n}}]}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 201, "{}", response.text().await.unwrap());
+    }
+    // A webhook to a port nothing listens on: deliveries would fail, which
+    // does not matter here, as the subscription is disabled first.
+    let closed = TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .unwrap();
+    let response = http
+        .post(format!("{base}/api/subscriptions"))
+        .json(&json!({
+            "name": "ui-billing",
+            "topics": ["invoice.*"],
+            "url": format!("http://{closed}/hook"),
+            "retry": {"max_attempts": 1},
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        response.status().is_success(),
+        "{}",
+        response.text().await.unwrap()
+    );
+    let status = |http: reqwest::Client| {
+        let url = format!("{base}/api/subscriptions/ui-billing");
+        async move {
+            let view: Value = http.get(url).send().await.unwrap().json().await.unwrap();
+            view["status"].as_str().unwrap_or_default().to_owned()
+        }
+    };
+
+    let browser = driver.browser().await;
+    browser
+        .goto(&format!("{base}/#/subscribers"))
+        .await
+        .unwrap();
+    let row = find(&browser, "tr[data-subscriber='ui-billing']").await;
+    let shown = row.text().await.unwrap();
+    assert!(shown.contains("enabled"), "{shown}");
+    assert!(shown.contains("invoice.*"), "{shown}");
+    assert!(shown.contains(&format!("http://{closed}/hook")), "{shown}");
+
+    find(&browser, "tr[data-subscriber='ui-billing'] button.disable")
+        .await
+        .click()
+        .await
+        .unwrap();
+    find(&browser, "tr[data-subscriber='ui-billing'] button.enable").await;
+    assert_eq!(status(http.clone()).await, "disabled");
+    let shown = text(&browser, "tr[data-subscriber='ui-billing'] .status").await;
+    assert_eq!(shown, "disabled");
+
+    // Replay from the start: the checkpoint goes back to 0 and the lag is
+    // the whole log.
+    find(&browser, "tr[data-subscriber='ui-billing'] button.replay")
+        .await
+        .click()
+        .await
+        .unwrap();
+    let deadline = Instant::now() + DEADLINE;
+    let question = loop {
+        match browser.get_alert_text().await {
+            Ok(text) => break text,
+            Err(_) => {
+                assert!(
+                    Instant::now() < deadline,
+                    "no confirmation within {DEADLINE:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    assert!(question.contains("ui-billing"), "{question}");
+    browser.accept_alert().await.unwrap();
+    until(
+        &browser,
+        "the replay is reported",
+        "document.querySelector('#flash')?.textContent.includes('replays the events after position 0')",
+    )
+    .await;
+    let view: Value = http
+        .get(format!("{base}/api/subscriptions/ui-billing"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(view["checkpoint"], 0, "{view}");
+    let lag = text(&browser, "tr[data-subscriber='ui-billing'] .lag").await;
+    assert_eq!(lag, view["lag"].to_string(), "the lag shown is the API's");
+
+    find(&browser, "tr[data-subscriber='ui-billing'] button.enable")
+        .await
+        .click()
+        .await
+        .unwrap();
+    find(&browser, "tr[data-subscriber='ui-billing'] button.disable").await;
+    assert_eq!(status(http.clone()).await, "enabled");
+    browser.close().await.unwrap();
+    server.shutdown().await;
+}

@@ -33,8 +33,13 @@ function row(s, flash, redraw) {
   const path = `/api/subscriptions/${api.seg(name)}`;
   const act = (verb, body) => async () => {
     try {
-      await api.post(`${path}/${verb}`, body);
-      replace(flash, notice('ok', `${name}: ${verb} done.`));
+      const answer = await api.post(`${path}/${verb}`, body);
+      let done = `${verb}d`;
+      if (verb === 'replay') {
+        done = answer?.checkpoint === undefined ? 'replayed'
+          : `replays the events after position ${answer.checkpoint}`;
+      }
+      replace(flash, notice('ok', `${name}: ${done}.`));
     } catch (err) {
       replace(flash, notice('error', `${name}: ${err.message}`));
     }
@@ -47,6 +52,7 @@ function row(s, flash, redraw) {
     h('td', {}, (s.topics ?? []).map((t) => h('code', { class: 'topic' }, t))),
     h('td', {}, s.url ? h('code', { class: 'url' }, s.url) : h('span', { class: 'muted' }, s.kind ?? 'in process')),
     h('td', {}, h('span', { class: `status ${word.toLowerCase()}` }, word),
+      s.running === false ? h('div', { class: 'muted' }, 'not running on this server') : null,
       s.error || s.last_error ? h('div', { class: 'error-text' }, s.error ?? s.last_error) : null),
     h('td', { class: 'num' }, s.checkpoint ?? '—'),
     h('td', { class: 'num lag' }, s.lag ?? '—'),
