@@ -420,7 +420,7 @@ async fn bad_input_is_a_problem_and_writes_nothing() {
         (
             f.client.put(f.url("/api/events")),
             StatusCode::METHOD_NOT_ALLOWED,
-            "GET",
+            "PUT",
         ),
     ];
     for (request, status, needle) in cases {
