@@ -91,8 +91,9 @@ async fn no_endpoint(method: Method, OriginalUri(uri): OriginalUri) -> Problem {
 }
 
 /// Gives axum's own error answers (a bare 405, a plain-text rejection of a
-/// path segment) a problem body.
-async fn routing_problems(response: Response) -> Response {
+/// path segment) a problem body. (axum adds the 405's `Allow` header after
+/// this runs.)
+async fn routing_problems(method: Method, response: Response) -> Response {
     let status = response.status();
     let plain = response
         .headers()
@@ -101,27 +102,27 @@ async fn routing_problems(response: Response) -> Response {
     if !(status.is_client_error() || status.is_server_error()) || !plain {
         return response;
     }
-    let allow = response.headers().get(header::ALLOW).cloned();
+    if status == StatusCode::METHOD_NOT_ALLOWED {
+        return Problem::new(
+            status,
+            "Method not allowed",
+            format!(
+                "this endpoint does not accept {method}; the Allow header lists the methods it does"
+            ),
+        )
+        .into_response();
+    }
     let text = axum::body::to_bytes(response.into_body(), 64 * 1024)
         .await
         .map(|b| String::from_utf8_lossy(&b).trim().to_owned())
         .unwrap_or_default();
-    let mut problem = if status == StatusCode::METHOD_NOT_ALLOWED {
-        let detail = match allow.as_ref().and_then(|v| v.to_str().ok()) {
-            Some(methods) => format!("this endpoint accepts {methods}"),
-            None => "this endpoint does not accept this method".to_owned(),
-        };
-        Problem::new(status, "Method not allowed", detail)
+    let title = status.canonical_reason().unwrap_or("Error");
+    let detail = if text.is_empty() {
+        title.to_owned()
     } else {
-        let title = status.canonical_reason().unwrap_or("Error");
-        let detail = if text.is_empty() { title.to_owned() } else { text };
-        Problem::new(status, title, detail)
-    }
-    .into_response();
-    if let Some(allow) = allow {
-        problem.headers_mut().insert(header::ALLOW, allow);
-    }
-    problem
+        text
+    };
+    Problem::new(status, title, detail).into_response()
 }
 
 /// A problem with extension members (RFC 9457 §3.2) next to the standard
@@ -240,13 +241,15 @@ impl<T: DeserializeOwned> FromRequest<AppState> for Body<T> {
     type Rejection = Problem;
 
     async fn from_request(request: Request, state: &AppState) -> Result<Self, Problem> {
-        let bytes = Bytes::from_request(request, state).await.map_err(|rejection| {
-            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                Problem::too_large(state.config.body_limit)
-            } else {
-                Problem::bad_request(format!("cannot read the body: {}", rejection.body_text()))
-            }
-        })?;
+        let bytes = Bytes::from_request(request, state)
+            .await
+            .map_err(|rejection| {
+                if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                    Problem::too_large(state.config.body_limit)
+                } else {
+                    Problem::bad_request(format!("cannot read the body: {}", rejection.body_text()))
+                }
+            })?;
         parse_json(&bytes).map(Body)
     }
 }
