@@ -273,48 +273,42 @@ impl Client for HttpClient {
     }
 
     async fn follow(&self, topics: Vec<String>, after: u64) -> Result<EventFeed<'_>, CliError> {
-        let mut params = vec![("after", after.to_string())];
-        if !topics.is_empty() {
-            params.push(("topics", topics.join(",")));
-        }
-        let request = self
-            .request(Method::GET, self.url(&["subscribe"]))
-            .query(&params)
-            .header(reqwest::header::ACCEPT, "text/event-stream");
-        let response = self.send(request).await?;
-        let url = response.url().to_string();
+        let body = self.subscribe(&topics, after).await?;
         let state = Sse {
-            body: Box::pin(response.bytes_stream()),
+            client: self,
+            topics,
+            last_id: after,
+            body,
             parser: SseParser::default(),
             ready: VecDeque::new(),
-            url,
         };
         Ok(Box::pin(futures_util::stream::unfold(
             state,
             |mut state| async move {
                 loop {
-                    if let Some(data) = state.ready.pop_front() {
-                        let event = serde_json::from_str::<RecordedEvent>(&data).map_err(|e| {
-                            CliError::UnexpectedResponse {
-                                url: state.url.clone(),
-                                reason: format!("a server-sent event is not an event: {e}"),
-                            }
-                        });
-                        return Some((event, state));
+                    if let Some(message) = state.ready.pop_front() {
+                        match state.event(message) {
+                            Some(item) => return Some((item, state)),
+                            None => continue,
+                        }
                     }
                     match state.body.next().await {
                         Some(Ok(chunk)) => {
                             let messages = state.parser.push(&chunk);
                             state.ready.extend(messages);
                         }
-                        Some(Err(e)) => {
-                            let err = CliError::Unreachable {
-                                url: state.url.clone(),
-                                reason: format!("the live feed broke: {}", error_chain(&e)),
-                            };
-                            return Some((Err(err), state));
+                        // The feed ended or broke (a store failure, a
+                        // restart): resume after the last event seen, or
+                        // end with the reason.
+                        Some(Err(_)) | None => {
+                            match state.client.subscribe(&state.topics, state.last_id).await {
+                                Ok(body) => {
+                                    state.body = body;
+                                    state.parser = SseParser::default();
+                                }
+                                Err(err) => return Some((Err(err), state)),
+                            }
                         }
-                        None => return None,
                     }
                 }
             },
@@ -352,8 +346,8 @@ impl Client for HttpClient {
     async fn replay(&self, name: &str, from: ReplayStart) -> Result<Value, CliError> {
         let body = match from {
             ReplayStart::Start => json!({ "from": "start" }),
-            ReplayStart::Position(position) => json!({ "from": position }),
-            ReplayStart::Time(time) => json!({ "from": time.to_rfc3339() }),
+            ReplayStart::Position(position) => json!({ "position": position }),
+            ReplayStart::Time(time) => json!({ "time": time.to_rfc3339() }),
         };
         let request = self
             .request(Method::POST, self.url(&["subscriptions", name, "replay"]))
@@ -449,24 +443,88 @@ fn retried_from(id: Uuid, body: &Value) -> Retried {
     }
 }
 
-/// The state of a live feed over server-sent events.
-struct Sse {
-    body: futures_util::stream::BoxStream<'static, reqwest::Result<bytes::Bytes>>,
-    parser: SseParser,
-    ready: VecDeque<String>,
-    url: String,
+impl HttpClient {
+    /// Opens `/api/subscribe` after `after`.
+    async fn subscribe(&self, topics: &[String], after: u64) -> Result<Body, CliError> {
+        let mut params = vec![("after", after.to_string())];
+        if !topics.is_empty() {
+            params.push(("topics", topics.join(",")));
+        }
+        let request = self
+            .request(Method::GET, self.url(&["subscribe"]))
+            .query(&params)
+            .header(reqwest::header::ACCEPT, "text/event-stream");
+        let response = self.send(request).await?;
+        Ok(Box::pin(response.bytes_stream()))
+    }
 }
 
-/// A `text/event-stream` parser: bytes in, each message's data out.
+/// A response body as it arrives.
+type Body = futures_util::stream::BoxStream<'static, reqwest::Result<bytes::Bytes>>;
+
+/// The state of a live feed over server-sent events.
+struct Sse<'a> {
+    client: &'a HttpClient,
+    topics: Vec<String>,
+    /// The position of the last event received: where a reconnection
+    /// resumes.
+    last_id: u64,
+    body: Body,
+    parser: SseParser,
+    ready: VecDeque<SseMessage>,
+}
+
+impl Sse<'_> {
+    /// The item a message stands for: an event, an error, or nothing
+    /// (a message of another kind).
+    fn event(&mut self, message: SseMessage) -> Option<Result<RecordedEvent, CliError>> {
+        let url = self.client.url(&["subscribe"]).to_string();
+        match message.event.as_deref() {
+            None | Some("message") => {}
+            Some("error") => {
+                return Some(Err(CliError::UnexpectedResponse {
+                    url,
+                    reason: format!("the server ended the live feed: {}", message.data),
+                }));
+            }
+            Some(_) => return None,
+        }
+        if let Some(id) = message.id.as_deref().and_then(|id| id.parse().ok()) {
+            self.last_id = id;
+        }
+        Some(
+            serde_json::from_str::<RecordedEvent>(&message.data).map_err(|e| {
+                CliError::UnexpectedResponse {
+                    url,
+                    reason: format!("a server-sent event is not an event: {e}"),
+                }
+            }),
+        )
+    }
+}
+
+/// One server-sent message.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct SseMessage {
+    /// Its `event:` name, if any.
+    pub(crate) event: Option<String>,
+    /// Its `id:`, if any.
+    pub(crate) id: Option<String>,
+    /// Its `data:` lines, joined by newlines.
+    pub(crate) data: String,
+}
+
+/// A `text/event-stream` parser: bytes in, whole messages out.
 #[derive(Default)]
 pub(crate) struct SseParser {
     line: Vec<u8>,
-    data: Option<String>,
+    message: SseMessage,
+    has_data: bool,
 }
 
 impl SseParser {
-    /// Feeds bytes; the data of every message they complete.
-    pub(crate) fn push(&mut self, chunk: &[u8]) -> Vec<String> {
+    /// Feeds bytes; every message they complete.
+    pub(crate) fn push(&mut self, chunk: &[u8]) -> Vec<SseMessage> {
         let mut messages = Vec::new();
         for &byte in chunk {
             if byte != b'\n' {
@@ -479,8 +537,9 @@ impl SseParser {
             let line = String::from_utf8_lossy(&self.line).into_owned();
             self.line.clear();
             if line.is_empty() {
-                if let Some(data) = self.data.take() {
-                    messages.push(data);
+                let message = std::mem::take(&mut self.message);
+                if std::mem::take(&mut self.has_data) {
+                    messages.push(message);
                 }
                 continue;
             }
@@ -491,14 +550,17 @@ impl SseParser {
                 Some((field, value)) => (field, value.strip_prefix(' ').unwrap_or(value)),
                 None => (line.as_str(), ""),
             };
-            if field == "data" {
-                match &mut self.data {
-                    Some(data) => {
-                        data.push('\n');
-                        data.push_str(value);
+            match field {
+                "data" => {
+                    if self.has_data {
+                        self.message.data.push('\n');
                     }
-                    None => self.data = Some(value.to_owned()),
+                    self.message.data.push_str(value);
+                    self.has_data = true;
                 }
+                "id" => self.message.id = Some(value.to_owned()),
+                "event" => self.message.event = Some(value.to_owned()),
+                _ => {}
             }
         }
         messages
@@ -517,8 +579,13 @@ mod tests {
                 .push(b": keep-alive\n\nid: 1\ndata: {\"a\"")
                 .is_empty()
         );
-        let out = parser.push(b":1}\r\n\r\nid: 2\ndata: x\ndata: y\n\n");
-        assert_eq!(out, ["{\"a\":1}", "x\ny"]);
+        let out = parser.push(b":1}\r\n\r\nevent: error\ndata: x\ndata: y\n\n");
+        assert_eq!(out.len(), 2);
+        assert_eq!(out[0].id.as_deref(), Some("1"));
+        assert_eq!(out[0].data, "{\"a\":1}");
+        assert_eq!(out[0].event, None);
+        assert_eq!(out[1].event.as_deref(), Some("error"));
+        assert_eq!(out[1].data, "x\ny");
     }
 
     #[test]
