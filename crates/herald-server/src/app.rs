@@ -9,6 +9,7 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use herald::Bus;
 use serde_json::json;
+use tokio::sync::watch;
 
 use crate::auth::{Tokens, require_token};
 use crate::backend::Backend;
@@ -27,6 +28,9 @@ pub struct AppState {
     pub tokens: Arc<Tokens>,
     /// The settings.
     pub config: Arc<ServeConfig>,
+    /// Set when the server shuts down, so that endless answers (live
+    /// subscriptions) end and the shutdown does not wait for them.
+    closing: Arc<watch::Sender<bool>>,
 }
 
 impl AppState {
@@ -37,7 +41,19 @@ impl AppState {
             tokens: Arc::new(Tokens::new(&config.tokens)),
             config: Arc::new(config),
             backend,
+            closing: Arc::new(watch::channel(false).0),
         }
+    }
+
+    /// Tells endless answers (live subscriptions) to end: the server is
+    /// shutting down.
+    pub fn close(&self) {
+        self.closing.send_replace(true);
+    }
+
+    /// A receiver that turns `true` when [`close`](Self::close) is called.
+    pub fn closing(&self) -> watch::Receiver<bool> {
+        self.closing.subscribe()
     }
 }
 

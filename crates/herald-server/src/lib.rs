@@ -21,6 +21,7 @@ pub mod config;
 mod metrics;
 pub mod problem;
 pub mod server;
+mod sse;
 mod ui;
 mod webhooks;
 

@@ -116,6 +116,7 @@ impl Server {
     /// Stops accepting requests, lets those in flight finish (live
     /// subscriptions end), then stops the bus's subscribers.
     pub async fn shutdown(self) {
+        self.state.close();
         self.stop.send_replace(true);
         match self.task.await {
             Ok(Ok(())) => {}
