@@ -1,14 +1,16 @@
 //! The `herald` binary's commands, run as a user runs them: on a SQLite
-//! store with `--store`, and against a server started in this process.
+//! store with `--store`, and over HTTP against a server started in this
+//! process on 127.0.0.1:0.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, mpsc};
 use std::time::Duration;
 
 use herald::{HandlerError, Subscriber, handler_fn};
-use herald_server::Backend;
+use herald_server::{Backend, ServeConfig, Server};
 use serde_json::{Value, json};
 
 /// How long a command may take before a test gives up on it.
@@ -554,4 +556,445 @@ fn an_unreachable_server_is_a_clear_error() {
     );
     let err = fails(herald(&["--url", "ftp://example", "streams"]));
     assert!(err.contains("not an http:// URL"), "{err}");
+}
+
+// Over HTTP, against a server started in this process.
+
+/// A server on 127.0.0.1:0 over its own SQLite file.
+struct Running {
+    _dir: tempfile::TempDir,
+    server: Server,
+}
+
+impl Running {
+    async fn start(tokens: &[&str]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let config = ServeConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            store: format!("sqlite://{}", dir.path().join("herald.db").display()),
+            tokens: tokens.iter().map(|t| (*t).to_owned()).collect(),
+            ..ServeConfig::default()
+        };
+        let server = Server::start(config).await.expect("the server starts");
+        Self { _dir: dir, server }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.server.addr())
+    }
+
+    /// Runs `herald --url <this server> <args>` off the runtime's threads.
+    async fn herald(&self, args: &[&str]) -> Output {
+        self.herald_with(args, &[]).await
+    }
+
+    async fn herald_with(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
+        let mut all: Vec<String> = vec!["--url".to_owned(), self.url()];
+        all.extend(args.iter().map(|a| (*a).to_owned()));
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        tokio::task::spawn_blocking(move || {
+            let args: Vec<&str> = all.iter().map(String::as_str).collect();
+            let mut command = command(&args);
+            for (k, v) in &env {
+                command.env(k, v);
+            }
+            command.output().expect("the herald binary runs")
+        })
+        .await
+        .unwrap()
+    }
+
+    async fn json(&self, args: &[&str]) -> Value {
+        let mut all = vec!["--json"];
+        all.extend_from_slice(args);
+        json_of(self.herald(&all).await)
+    }
+
+    async fn stop(self) {
+        self.server.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_http_publish_then_read_streams_and_conflicts() {
+    let server = Running::start(&[]).await;
+    let published = server
+        .json(&[
+            "publish",
+            "order.created",
+            r#"{"order_id": 1}"#,
+            "--stream",
+            "order-1",
+            "--expected-version",
+            "no_stream",
+        ])
+        .await;
+    assert_eq!(published["stream"], "order-1");
+    assert_eq!(published["version"], 0);
+    let id = published["events"][0]["id"].as_str().unwrap().to_owned();
+
+    let by_type = server
+        .json(&["publish", "user.signed_up", r#"{"user": "ada"}"#])
+        .await;
+    assert_eq!(by_type["events"][0]["stream"], "user.signed_up");
+
+    let table = ok(server.herald(&["read", "order-1"]).await);
+    assert!(
+        table.contains(&id) && table.contains("order.created"),
+        "{table}"
+    );
+    let events = server.json(&["read", "order-1"]).await;
+    assert_eq!(events[0]["data"], json!({"order_id": 1}));
+
+    let streams = server.json(&["streams"]).await;
+    let names: Vec<&str> = streams
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["stream"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["order-1", "user.signed_up"]);
+    let only = server.json(&["streams", "--prefix", "user"]).await;
+    assert_eq!(only.as_array().unwrap().len(), 1);
+
+    // A conflict comes back as the server's problem, with its detail.
+    let err = fails(
+        server
+            .herald(&[
+                "publish",
+                "order.paid",
+                "{}",
+                "--stream",
+                "order-1",
+                "--expected-version",
+                "5",
+            ])
+            .await,
+    );
+    assert!(err.contains("(409)"), "{err}");
+    assert!(
+        err.contains("wrong expected version for stream order-1"),
+        "{err}"
+    );
+    // So does bad input the server refuses.
+    let err = fails(
+        server
+            .herald(&["publish", "order.paid", "{}", "--stream", "bad stream"])
+            .await,
+    );
+    assert!(err.contains("(400)"), "{err}");
+    assert_eq!(
+        server
+            .json(&["read", "order-1"])
+            .await
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    let err = fails(server.herald(&["trace", &uuid_like()]).await);
+    assert!(err.contains("no event with id"), "{err}");
+    server.stop().await;
+}
+
+fn uuid_like() -> String {
+    "0190f0c4-5b7a-7cc2-9a2e-3f1b2c4d5e6f".to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_http_a_missing_token_is_refused_with_the_servers_reason() {
+    let server = Running::start(&["s3cret"]).await;
+    let err = fails(server.herald(&["streams"]).await);
+    assert!(err.contains("Unauthorized (401)"), "{err}");
+    assert!(err.contains("bearer token"), "{err}");
+    let err = fails(
+        server
+            .herald_with(&["streams"], &[("HERALD_TOKEN", "wrong")])
+            .await,
+    );
+    assert!(err.contains("not valid"), "{err}");
+    let out = ok(server
+        .herald_with(&["publish", "a.b", "{}"], &[("HERALD_TOKEN", "s3cret")])
+        .await);
+    assert!(out.contains("a.b"), "{out}");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_http_trace_tail_and_bench() {
+    let server = Running::start(&[]).await;
+    let publish = |event_type: &'static str, cause: Option<String>| {
+        let server = &server;
+        async move {
+            let metadata = cause.map_or_else(
+                || "{}".to_owned(),
+                |c| json!({ "causation_id": c }).to_string(),
+            );
+            let out = server
+                .json(&["publish", event_type, "{}", "--metadata", &metadata])
+                .await;
+            out["events"][0]["id"].as_str().unwrap().to_owned()
+        }
+    };
+    let root = publish("order.placed", None).await;
+    let child = publish("payment.requested", Some(root.clone())).await;
+    let grandchild = publish("payment.captured", Some(child.clone())).await;
+    let _other = publish("order.placed", None).await;
+    let text = ok(server.herald(&["trace", &root]).await);
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(
+        lines[0].starts_with(&format!("order.placed  {root}")),
+        "{text}"
+    );
+    assert!(
+        lines[1].starts_with(&format!("└── payment.requested  {child}")),
+        "{text}"
+    );
+    assert!(
+        lines[2].starts_with(&format!("    └── payment.captured  {grandchild}")),
+        "{text}"
+    );
+
+    // tail over server-sent events: the log, then what comes after.
+    let url = server.url();
+    let mut child = command(&["--url", &url, "--json", "tail", "payment.*", "--count", "3"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = child.stdout.take().unwrap();
+    let _guard = Guard(child);
+    let (lines, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines() {
+            if lines.send(line.unwrap()).is_err() {
+                break;
+            }
+        }
+    });
+    let next = || async {
+        let rx = &rx;
+        let line = tokio::task::block_in_place(|| rx.recv_timeout(DEADLINE)).expect("an event");
+        serde_json::from_str::<Value>(&line).unwrap()
+    };
+    assert_eq!(next().await["type"], "payment.requested");
+    assert_eq!(next().await["type"], "payment.captured");
+    let live = publish("payment.refunded", None).await;
+    let third = next().await;
+    assert_eq!(third["id"], live.as_str());
+
+    let report = server
+        .json(&[
+            "bench",
+            "--count",
+            "120",
+            "--batch",
+            "10",
+            "--concurrency",
+            "3",
+            "--stream-prefix",
+            "hb",
+        ])
+        .await;
+    assert_eq!(report["path"], "http");
+    assert_eq!(report["events"], 120);
+    let streams = server.json(&["streams", "--prefix", "hb-"]).await;
+    let total: u64 = streams
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["count"].as_u64().unwrap())
+        .sum();
+    assert_eq!(total, 120);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_http_dlq_list_show_retry_and_discard_dead_letters_of_the_servers_bus() {
+    let server = Running::start(&[]).await;
+    let healthy = Arc::new(AtomicBool::new(false));
+    let flag = Arc::clone(&healthy);
+    server
+        .server
+        .state()
+        .bus
+        .subscribe(
+            Subscriber::new(
+                "billing",
+                handler_fn(move |_, _| {
+                    let ok = flag.load(Ordering::SeqCst);
+                    async move {
+                        if ok {
+                            Ok(())
+                        } else {
+                            Err(HandlerError::dead_letter("billing is down"))
+                        }
+                    }
+                }),
+            )
+            .topic("invoice.*"),
+        )
+        .unwrap();
+    ok(server
+        .herald(&["publish", "invoice.issued", r#"{"n": 1}"#])
+        .await);
+    ok(server
+        .herald(&["publish", "invoice.issued", r#"{"n": 2}"#])
+        .await);
+    let letters = server
+        .json(&["dlq", "list", "--subscriber", "billing"])
+        .await;
+    let letters = letters.as_array().unwrap();
+    assert_eq!(letters.len(), 2, "{letters:?}");
+    let first = letters[0]["id"].as_str().unwrap().to_owned();
+    let second = letters[1]["id"].as_str().unwrap().to_owned();
+    assert_eq!(letters[0]["event"]["data"]["n"], 1);
+
+    let table = ok(server.herald(&["dlq", "list"]).await);
+    assert!(
+        table.contains(&first) && table.contains("billing is down"),
+        "{table}"
+    );
+    let shown = ok(server.herald(&["dlq", "show", &first]).await);
+    assert!(
+        shown.contains("billing is down") && shown.contains("\"n\": 1"),
+        "{shown}"
+    );
+
+    // Still failing: the retry says so, exits non-zero, keeps the letter.
+    let err = fails(server.herald(&["dlq", "retry", &first]).await);
+    assert!(
+        err.contains("failed again") && err.contains("billing is down"),
+        "{err}"
+    );
+    let again = server.json(&["dlq", "show", &first]).await;
+    assert_eq!(again["attempts"], 2);
+
+    healthy.store(true, Ordering::SeqCst);
+    let out = ok(server.herald(&["dlq", "retry", &first]).await);
+    assert!(out.contains("delivered"), "{out}");
+    let out = ok(server.herald(&["dlq", "discard", &second]).await);
+    assert!(out.contains("discarded"), "{out}");
+    assert_eq!(server.json(&["dlq", "list"]).await, json!([]));
+    assert_eq!(
+        server
+            .server
+            .state()
+            .bus
+            .subscriber("billing")
+            .unwrap()
+            .handled,
+        1
+    );
+
+    let err = fails(server.herald(&["dlq", "show", &first]).await);
+    assert!(err.contains("no dead letter with id"), "{err}");
+
+    // --all retries every one the filters select.
+    healthy.store(false, Ordering::SeqCst);
+    ok(server
+        .herald(&["publish", "invoice.issued", r#"{"n": 3}"#])
+        .await);
+    ok(server
+        .herald(&["publish", "invoice.issued", r#"{"n": 4}"#])
+        .await);
+    healthy.store(true, Ordering::SeqCst);
+    let results = server.json(&["dlq", "retry", "--all"]).await;
+    assert_eq!(results.as_array().unwrap().len(), 2, "{results}");
+    assert!(
+        results
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["outcome"] == "handled")
+    );
+    assert_eq!(server.json(&["dlq", "list"]).await, json!([]));
+    server.stop().await;
+}
+
+/// A webhook receiver on 127.0.0.1:0 that answers 200 and counts.
+async fn receiver() -> (String, Arc<AtomicUsize>) {
+    let count = Arc::new(AtomicUsize::new(0));
+    let seen = Arc::clone(&count);
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move || {
+            seen.fetch_add(1, Ordering::SeqCst);
+            async { "ok" }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (format!("http://{addr}/hook"), count)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_http_subs_list_disable_enable_and_replay_a_webhook_subscription() {
+    let server = Running::start(&[]).await;
+    let (hook, arrivals) = receiver().await;
+    let created = reqwest::Client::new()
+        .post(format!("{}/api/subscriptions", server.url()))
+        .json(&json!({"name": "crm", "topics": ["customer.*"], "url": hook}))
+        .send()
+        .await
+        .unwrap();
+    assert!(created.status().is_success(), "{:?}", created.text().await);
+    for n in 0..3 {
+        ok(server
+            .herald(&["publish", "customer.joined", &format!("{{\"n\": {n}}}")])
+            .await);
+    }
+    let deadline = std::time::Instant::now() + DEADLINE;
+    while arrivals.load(Ordering::SeqCst) < 3 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the webhook got every event"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let table = ok(server.herald(&["subs", "list"]).await);
+    assert!(
+        table.contains("crm") && table.contains("customer.*") && table.contains(&hook),
+        "{table}"
+    );
+    let subs = server.json(&["subs", "list"]).await;
+    assert_eq!(subs[0]["name"], "crm");
+    assert_eq!(subs[0]["status"], "enabled");
+
+    ok(server.herald(&["subs", "disable", "crm"]).await);
+    assert_eq!(
+        server.json(&["subs", "list"]).await[0]["status"],
+        "disabled"
+    );
+    ok(server.herald(&["subs", "enable", "crm"]).await);
+    assert_eq!(server.json(&["subs", "list"]).await[0]["status"], "enabled");
+
+    let out = ok(server
+        .herald(&["subs", "replay", "crm", "--from", "start", "--wait"])
+        .await);
+    assert!(out.contains("caught up"), "{out}");
+    assert!(
+        arrivals.load(Ordering::SeqCst) >= 6,
+        "the replay delivered the events again"
+    );
+    let replayed = server.json(&["subs", "replay", "crm", "--from", "2"]).await;
+    assert_eq!(replayed["checkpoint"], 2);
+
+    let err = fails(server.herald(&["subs", "disable", "nobody"]).await);
+    assert!(err.contains("nobody"), "{err}");
+    let err = fails(
+        server
+            .herald(&["subs", "replay", "crm", "--from", "yesterday"])
+            .await,
+    );
+    assert!(
+        err.contains("not start, a position or an RFC 3339 time"),
+        "{err}"
+    );
+    server.stop().await;
 }
