@@ -28,7 +28,9 @@ impl Fixture {
     async fn sqlite_with(config: ServeConfig) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite://{}", dir.path().join("herald.db").display());
-        let backend = Backend::open(&url, "").await.expect("the SQLite store opens");
+        let backend = Backend::open(&url, "")
+            .await
+            .expect("the SQLite store opens");
         Self::start(backend, config, Some(dir)).await
     }
 
@@ -85,7 +87,12 @@ impl Fixture {
         answer(response).await
     }
 
-    async fn append(&self, stream: &str, expected: Option<&str>, body: Value) -> (StatusCode, Value) {
+    async fn append(
+        &self,
+        stream: &str,
+        expected: Option<&str>,
+        body: Value,
+    ) -> (StatusCode, Value) {
         let mut request = self
             .client
             .post(self.url(&format!("/api/streams/{stream}/events")))
@@ -176,7 +183,9 @@ async fn appends_and_reads_back_a_stream(f: Fixture) {
 }
 
 async fn refuses_a_wrong_expected_version_and_writes_nothing(f: Fixture) {
-    let (status, _) = f.append("order-2", None, json!({"events": [order(1)]})).await;
+    let (status, _) = f
+        .append("order-2", None, json!({"events": [order(1)]}))
+        .await;
     assert_eq!(status, StatusCode::CREATED);
     let (status, problem) = f
         .append("order-2", Some("5"), json!({"events": [order(2)]}))
@@ -239,7 +248,11 @@ async fn reads_the_global_log_by_type_and_page(f: Fixture) {
         ("log-3", "order.line.added"),
     ] {
         let (status, _) = f
-            .append(stream, None, json!({"events": [{"type": kind, "data": {}}]}))
+            .append(
+                stream,
+                None,
+                json!({"events": [{"type": kind, "data": {}}]}),
+            )
             .await;
         assert_eq!(status, StatusCode::CREATED);
     }
@@ -287,7 +300,9 @@ async fn lists_streams_by_prefix_and_page(f: Fixture) {
     assert_eq!(carts["streams"][0]["count"], 2);
     assert_eq!(carts["streams"][0]["version"], 1);
     assert_eq!(carts["next"], "cart-2");
-    let (_, rest) = f.get("/api/streams?prefix=cart-&limit=2&after=cart-2").await;
+    let (_, rest) = f
+        .get("/api/streams?prefix=cart-&limit=2&after=cart-2")
+        .await;
     assert_eq!(rest["streams"].as_array().unwrap().len(), 1);
     assert_eq!(rest["next"], Value::Null);
     let (_, all) = f.get("/api/streams").await;
@@ -408,7 +423,8 @@ async fn bad_input_is_a_problem_and_writes_nothing() {
             "not a UUID",
         ),
         (
-            f.client.get(f.url("/api/streams/s-1/events?direction=sideways")),
+            f.client
+                .get(f.url("/api/streams/s-1/events?direction=sideways")),
             StatusCode::BAD_REQUEST,
             "direction",
         ),
@@ -459,7 +475,11 @@ async fn requires_a_token_when_tokens_are_set() {
         .send()
         .await
         .unwrap();
-    assert_eq!(response.status(), StatusCode::OK, "the query token is not a parameter");
+    assert_eq!(
+        response.status(),
+        StatusCode::OK,
+        "the query token is not a parameter"
+    );
     f.server.shutdown().await;
 }
 
@@ -501,7 +521,12 @@ async fn dead_letters_are_listed_retried_and_discarded() {
     let letters = list["dead_letters"].as_array().unwrap();
     assert_eq!(letters.len(), 2, "{list}");
     assert_eq!(letters[0]["event"]["data"]["n"], 1);
-    assert!(letters[0]["reason"].as_str().unwrap().contains("billing is down"));
+    assert!(
+        letters[0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("billing is down")
+    );
     let (_, none) = f.get("/api/dead-letters?error=nothing-like-this").await;
     assert_eq!(none["dead_letters"], json!([]));
     let (_, by_type) = f.get("/api/dead-letters?type=invoice.*&limit=1").await;
@@ -569,7 +594,11 @@ async fn metrics_are_prometheus_text() {
         )
         .unwrap();
     let (status, _) = f
-        .append("metered-1", None, json!({"events": [{"type": "metered.a"}]}))
+        .append(
+            "metered-1",
+            None,
+            json!({"events": [{"type": "metered.a"}]}),
+        )
         .await;
     assert_eq!(status, StatusCode::CREATED);
     f.post("/api/events", json!({"events": [{"type": "metered.b"}]}))
@@ -608,8 +637,12 @@ async fn durable_subscriber_lag_is_a_metric() {
     )
     .unwrap();
     bus.disable("api-metrics-lagging").unwrap();
-    f.append("lag-1", None, json!({"events": [{"type": "lagging.a"}, {"type": "lagging.b"}]}))
-        .await;
+    f.append(
+        "lag-1",
+        None,
+        json!({"events": [{"type": "lagging.a"}, {"type": "lagging.b"}]}),
+    )
+    .await;
     let text = f
         .client
         .get(f.url("/metrics"))
@@ -660,7 +693,11 @@ async fn the_openapi_document_matches_the_server() {
                 .body("{}");
             let response = if path == "/api/subscribe" {
                 // An endless answer: its headers are enough.
-                request.timeout(Duration::from_secs(10)).send().await.unwrap()
+                request
+                    .timeout(Duration::from_secs(10))
+                    .send()
+                    .await
+                    .unwrap()
             } else {
                 request.send().await.unwrap()
             };

@@ -7,9 +7,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use chrono::{DateTime, Utc};
 use futures_util::{StreamExt, TryStreamExt};
-use herald::store::{
-    Direction, ExpectedVersion, ListStreams, ReadAll, ReadStream, StreamName,
-};
+use herald::store::{Direction, ExpectedVersion, ListStreams, ReadAll, ReadStream, StreamName};
 use herald::{EventId, EventType, Metadata, NewEvent, Payload, RecordedEvent, TopicPattern};
 use serde::Deserialize;
 use serde_json::json;

@@ -106,7 +106,9 @@ async fn routing_problems(method: Method, response: Response) -> Response {
         return Problem::new(
             status,
             "Method not allowed",
-            format!("this endpoint does not accept {method}; the Allow header lists the methods it does"),
+            format!(
+                "this endpoint does not accept {method}; the Allow header lists the methods it does"
+            ),
         )
         .into_response();
     }
@@ -115,7 +117,11 @@ async fn routing_problems(method: Method, response: Response) -> Response {
         .map(|b| String::from_utf8_lossy(&b).trim().to_owned())
         .unwrap_or_default();
     let title = status.canonical_reason().unwrap_or("Error");
-    let detail = if text.is_empty() { title.to_owned() } else { text };
+    let detail = if text.is_empty() {
+        title.to_owned()
+    } else {
+        text
+    };
     Problem::new(status, title, detail).into_response()
 }
 
@@ -235,13 +241,15 @@ impl<T: DeserializeOwned> FromRequest<AppState> for Body<T> {
     type Rejection = Problem;
 
     async fn from_request(request: Request, state: &AppState) -> Result<Self, Problem> {
-        let bytes = Bytes::from_request(request, state).await.map_err(|rejection| {
-            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                Problem::too_large(state.config.body_limit)
-            } else {
-                Problem::bad_request(format!("cannot read the body: {}", rejection.body_text()))
-            }
-        })?;
+        let bytes = Bytes::from_request(request, state)
+            .await
+            .map_err(|rejection| {
+                if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                    Problem::too_large(state.config.body_limit)
+                } else {
+                    Problem::bad_request(format!("cannot read the body: {}", rejection.body_text()))
+                }
+            })?;
         parse_json(&bytes).map(Body)
     }
 }
