@@ -271,9 +271,14 @@ pub(crate) trait Client: Send + Sync {
     /// One event by id.
     async fn event(&self, id: EventId) -> Result<RecordedEvent, CliError>;
 
-    /// The events after `after` whose type matches `topics` (all when
-    /// empty): those in the log, then each new one as it is appended.
-    async fn follow(&self, topics: Vec<String>, after: u64) -> Result<EventFeed<'_>, CliError>;
+    /// The events after `after` (`None`: after the current head) whose
+    /// type matches `topics` (all when empty): those in the log, then each
+    /// new one as it is appended.
+    async fn follow(
+        &self,
+        topics: Vec<String>,
+        after: Option<u64>,
+    ) -> Result<EventFeed<'_>, CliError>;
 
     /// Streams by name.
     async fn streams(

@@ -166,9 +166,17 @@ impl Client for DirectClient {
             .ok_or_else(|| CliError::NotFound(format!("no event with id {id}")))
     }
 
-    async fn follow(&self, topics: Vec<String>, after: u64) -> Result<EventFeed<'_>, CliError> {
+    async fn follow(
+        &self,
+        topics: Vec<String>,
+        after: Option<u64>,
+    ) -> Result<EventFeed<'_>, CliError> {
         let topics = patterns(&topics)?;
         let store = self.backend.events();
+        let after = match after {
+            Some(after) => after,
+            None => store.head().await?,
+        };
         let watch = store.watch_head();
         let state = Follow {
             store,

@@ -272,7 +272,11 @@ impl Client for HttpClient {
             })
     }
 
-    async fn follow(&self, topics: Vec<String>, after: u64) -> Result<EventFeed<'_>, CliError> {
+    async fn follow(
+        &self,
+        topics: Vec<String>,
+        after: Option<u64>,
+    ) -> Result<EventFeed<'_>, CliError> {
         let body = self.subscribe(&topics, after).await?;
         let state = Sse {
             client: self,
@@ -444,9 +448,10 @@ fn retried_from(id: Uuid, body: &Value) -> Retried {
 }
 
 impl HttpClient {
-    /// Opens `/api/subscribe` after `after`.
-    async fn subscribe(&self, topics: &[String], after: u64) -> Result<Body, CliError> {
-        let mut params = vec![("after", after.to_string())];
+    /// Opens `/api/subscribe` after `after` (`None`: after the head).
+    async fn subscribe(&self, topics: &[String], after: Option<u64>) -> Result<Body, CliError> {
+        let after = after.map_or_else(|| "now".to_owned(), |a| a.to_string());
+        let mut params = vec![("after", after)];
         if !topics.is_empty() {
             params.push(("topics", topics.join(",")));
         }
@@ -467,8 +472,9 @@ struct Sse<'a> {
     client: &'a HttpClient,
     topics: Vec<String>,
     /// The position of the last event received: where a reconnection
-    /// resumes.
-    last_id: u64,
+    /// resumes (`None`: none yet, and the feed started at the head, so a
+    /// reconnection starts at the head again).
+    last_id: Option<u64>,
     body: Body,
     parser: SseParser,
     ready: VecDeque<SseMessage>,
@@ -490,7 +496,7 @@ impl Sse<'_> {
             Some(_) => return None,
         }
         if let Some(id) = message.id.as_deref().and_then(|id| id.parse().ok()) {
-            self.last_id = id;
+            self.last_id = Some(id);
         }
         Some(
             serde_json::from_str::<RecordedEvent>(&message.data).map_err(|e| {

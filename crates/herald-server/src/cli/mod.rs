@@ -155,9 +155,9 @@ struct TailArgs {
     /// Topic patterns of the types to show: order.* (one segment), order.# (any depth) [default: all]
     #[arg(value_name = "PATTERN")]
     patterns: Vec<String>,
-    /// Start after this global position (0: the whole log)
-    #[arg(long, value_name = "N", default_value_t = 0)]
-    after: u64,
+    /// Start after this global position: 0 prints the whole log first, now only new events
+    #[arg(long, value_name = "N|now", default_value = "0", value_parser = parse_after)]
+    after: StartAfter,
     /// Stop after this many events [default: follow until interrupted]
     #[arg(long, value_name = "N")]
     count: Option<u64>,
@@ -289,6 +289,24 @@ struct BenchArgs {
     /// Prefix of the streams appended to, one per worker [default: bench-<random>]
     #[arg(long, value_name = "PREFIX")]
     stream_prefix: Option<String>,
+}
+
+/// Where `tail` starts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum StartAfter {
+    /// After this position.
+    Position(u64),
+    /// After the head: new events only.
+    Now,
+}
+
+fn parse_after(text: &str) -> Result<StartAfter, String> {
+    if text == "now" {
+        return Ok(StartAfter::Now);
+    }
+    text.parse()
+        .map(StartAfter::Position)
+        .map_err(|_| format!("{text:?} is not a position or now"))
 }
 
 fn parse_json(text: &str) -> Result<Value, String> {
@@ -446,7 +464,11 @@ async fn execute(
             out.either(&events, || output::events_table(&events))
         }
         Command::Tail(args) => {
-            let mut feed = client.follow(args.patterns, args.after).await?;
+            let after = match args.after {
+                StartAfter::Position(p) => Some(p),
+                StartAfter::Now => None,
+            };
+            let mut feed = client.follow(args.patterns, after).await?;
             let mut seen = 0;
             while args.count.is_none_or(|n| seen < n) {
                 let Some(event) = feed.next().await else {
