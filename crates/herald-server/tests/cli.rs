@@ -998,3 +998,89 @@ async fn over_http_subs_list_disable_enable_and_replay_a_webhook_subscription() 
     );
     server.stop().await;
 }
+
+// Straight to PostgreSQL, in a schema of the test's own.
+
+/// The database the PostgreSQL tests use (`HERALD_TEST_POSTGRES_URL`).
+fn postgres_url() -> String {
+    std::env::var("HERALD_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
+}
+
+/// A fresh schema, named as the other PostgreSQL tests name theirs so that
+/// their clean-up drops it once it is old.
+fn postgres_schema() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    format!("herald_test_{secs}_{:08x}", rand::random::<u32>())
+}
+
+#[test]
+fn on_postgres_migrate_publish_read_streams_and_bench() {
+    let url = postgres_url();
+    let schema = postgres_schema();
+    let pg = |args: &[&str]| {
+        let mut all = vec!["--store", url.as_str(), "--schema", schema.as_str()];
+        all.extend_from_slice(args);
+        herald(&all)
+    };
+    let out = pg(&["migrate"]);
+    assert!(
+        out.status.success(),
+        "PostgreSQL must be reachable at {url} (set HERALD_TEST_POSTGRES_URL): {}",
+        stderr(&out)
+    );
+    assert!(stdout(&out).contains("postgres store"), "{}", stdout(&out));
+
+    let published = json_of(pg(&[
+        "--json",
+        "publish",
+        "order.created",
+        r#"{"order_id": 5}"#,
+        "--stream",
+        "order-5",
+        "--expected-version",
+        "no_stream",
+    ]));
+    assert_eq!(published["version"], 0);
+    let err = fails(pg(&[
+        "publish",
+        "order.created",
+        "{}",
+        "--stream",
+        "order-5",
+        "--expected-version",
+        "no_stream",
+    ]));
+    assert!(
+        err.contains("wrong expected version for stream order-5"),
+        "{err}"
+    );
+    let events = json_of(pg(&["--json", "read", "order-5"]));
+    assert_eq!(events.as_array().unwrap().len(), 1);
+    assert_eq!(events[0]["data"], json!({"order_id": 5}));
+
+    let report = json_of(pg(&[
+        "--json",
+        "bench",
+        "--count",
+        "100",
+        "--batch",
+        "10",
+        "--concurrency",
+        "2",
+        "--stream-prefix",
+        "pb",
+    ]));
+    assert_eq!(report["path"], "postgres");
+    let streams = json_of(pg(&["--json", "streams", "--prefix", "pb-"]));
+    let total: u64 = streams
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["count"].as_u64().unwrap())
+        .sum();
+    assert_eq!(total, 100);
+}

@@ -49,7 +49,7 @@ const DEFAULT_URL: &str = "http://127.0.0.1:7171";
 /// Commands other than `serve` talk to a running server (HERALD_URL,
 /// HERALD_TOKEN) or, with --store, straight to a store.
 #[derive(Debug, Parser)]
-#[command(name = "herald", version, about, long_about = None)]
+#[command(name = "herald", version)]
 struct Cli {
     #[command(flatten)]
     global: Global,
@@ -61,10 +61,10 @@ struct Cli {
 #[derive(Debug, Args)]
 struct Global {
     /// Print JSON instead of tables
-    #[arg(long, global = true)]
+    #[arg(long, global = true, help_heading = "Global options")]
     json: bool,
     /// URL of the running herald server
-    #[arg(long, env = "HERALD_URL", default_value = DEFAULT_URL, global = true, value_name = "URL")]
+    #[arg(long, env = "HERALD_URL", default_value = DEFAULT_URL, global = true, help_heading = "Global options", value_name = "URL")]
     url: String,
     /// Bearer token for the server
     #[arg(
@@ -72,14 +72,25 @@ struct Global {
         env = "HERALD_TOKEN",
         hide_env_values = true,
         global = true,
+        help_heading = "Global options",
         value_name = "TOKEN"
     )]
     token: Option<String>,
     /// Work on this store directly instead of a server: sqlite://PATH or postgres://USER@HOST/DB
-    #[arg(long, global = true, value_name = "URL")]
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Global options",
+        value_name = "URL"
+    )]
     store: Option<String>,
     /// PostgreSQL schema of the store given with --store [default: herald]
-    #[arg(long, global = true, value_name = "NAME")]
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Global options",
+        value_name = "NAME"
+    )]
     schema: Option<String>,
 }
 
