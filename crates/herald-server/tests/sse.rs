@@ -310,7 +310,70 @@ async fn shutting_down_ends_open_subscriptions() {
     assert!(end.is_ok(), "the stream ends");
 }
 
+async fn many_subscribers_joining_while_events_flow_each_get_every_event_once(server: Server) {
+    let mut expected = append(
+        &server,
+        "flow",
+        (0..50).map(|n| typed("flow.a", n)).collect(),
+    )
+    .await;
+    let addr = server.addr();
+    let writer = tokio::spawn(async move {
+        let client = reqwest::Client::new();
+        let mut positions = Vec::new();
+        for round in 0..60u64 {
+            let kind = if round % 3 == 0 { "other.b" } else { "flow.a" };
+            let response = client
+                .post(format!("http://{addr}/api/streams/flow/events"))
+                .json(&json!({"events": (0..10).map(|n| typed(kind, round * 10 + n)).collect::<Vec<_>>()}))
+                .send()
+                .await
+                .unwrap();
+            let body: Value = response.json().await.unwrap();
+            if kind == "flow.a" {
+                positions.extend(
+                    body["events"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|e| e["position"].as_u64().unwrap()),
+                );
+            }
+        }
+        positions
+    });
+    // Subscribers join at different moments of the flow, from the start or
+    // from a resume point.
+    let mut subscribers = Vec::new();
+    for i in 0..8u64 {
+        let resume = (i % 2 == 1).then_some(expected[(i * 5) as usize]);
+        subscribers.push((resume, Sse::open(&server, "?topics=flow.*", resume).await));
+    }
+    expected.extend(writer.await.unwrap());
+    for (resume, mut sse) in subscribers {
+        let want: Vec<u64> = expected
+            .iter()
+            .copied()
+            .filter(|p| resume.is_none_or(|r| *p > r))
+            .collect();
+        let got: Vec<u64> = sse
+            .take(want.len())
+            .await
+            .into_iter()
+            .map(|(p, _)| p)
+            .collect();
+        assert_eq!(got, want, "resuming after {resume:?}");
+    }
+    server.shutdown().await;
+}
+
 mod on_sqlite {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn many_subscribers_joining_while_events_flow_each_get_every_event_once() {
+        let (server, _dir) = super::sqlite().await;
+        super::many_subscribers_joining_while_events_flow_each_get_every_event_once(server).await;
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn catches_up_then_follows_live_by_topic() {
         let (server, _dir) = super::sqlite().await;
@@ -325,6 +388,14 @@ mod on_sqlite {
 }
 
 mod on_postgres {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn many_subscribers_joining_while_events_flow_each_get_every_event_once() {
+        super::many_subscribers_joining_while_events_flow_each_get_every_event_once(
+            super::postgres().await,
+        )
+        .await;
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn catches_up_then_follows_live_by_topic() {
         super::catches_up_then_follows_live_by_topic(super::postgres().await).await;
