@@ -48,6 +48,7 @@ impl Arrival {
 struct ReceiverState {
     arrivals: mpsc::UnboundedSender<Arrival>,
     fail: Arc<AtomicUsize>,
+    hang: Arc<AtomicUsize>,
 }
 
 /// A webhook receiver on 127.0.0.1:0.
@@ -55,15 +56,18 @@ struct Receiver {
     url: String,
     arrivals: mpsc::UnboundedReceiver<Arrival>,
     fail: Arc<AtomicUsize>,
+    hang: Arc<AtomicUsize>,
 }
 
 impl Receiver {
     async fn start() -> Self {
         let (tx, arrivals) = mpsc::unbounded_channel();
         let fail = Arc::new(AtomicUsize::new(0));
+        let hang = Arc::new(AtomicUsize::new(0));
         let state = ReceiverState {
             arrivals: tx,
             fail: Arc::clone(&fail),
+            hang: Arc::clone(&hang),
         };
         let app = axum::Router::new()
             .route("/hook", post(receive))
@@ -75,12 +79,18 @@ impl Receiver {
             url: format!("http://{addr}/hook"),
             arrivals,
             fail,
+            hang,
         }
     }
 
     /// Makes the next `n` requests fail with a 500.
     fn fail_next(&self, n: usize) {
         self.fail.store(n, Ordering::SeqCst);
+    }
+
+    /// Makes the next `n` requests never get an answer.
+    fn hang_next(&self, n: usize) {
+        self.hang.store(n, Ordering::SeqCst);
     }
 
     async fn next(&mut self) -> Arrival {
@@ -96,16 +106,22 @@ async fn receive(
     headers: HeaderMap,
     body: Bytes,
 ) -> StatusCode {
-    let failed = state
-        .fail
-        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-        .is_ok();
+    let take = |counter: &AtomicUsize| {
+        counter
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+    };
+    let hang = take(&state.hang);
+    let failed = hang || take(&state.fail);
     let _ = state.arrivals.send(Arrival {
         headers,
         body,
         failed,
         at: Instant::now(),
     });
+    if hang {
+        std::future::pending::<()>().await;
+    }
     if failed {
         StatusCode::INTERNAL_SERVER_ERROR
     } else {
@@ -424,6 +440,68 @@ async fn gives_up_to_a_dead_letter_that_a_retry_delivers() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receiver_that_does_not_answer_in_time_is_a_failed_attempt() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(&dir).await;
+    let api = Api::new(&server);
+    let mut receiver = Receiver::start().await;
+    receiver.hang_next(1);
+    api.subscribe(json!({
+        "name": "slow", "topics": ["report.*"], "url": receiver.url, "timeout_ms": 200,
+        "retry": {"max_attempts": 2, "initial_backoff_ms": 10, "max_backoff_ms": 10}
+    }))
+    .await;
+    let event = publish(&server, "report.ready", json!({})).await;
+    let hung = receiver.next().await;
+    assert_is(&hung, &event);
+    let retried = receiver.next().await;
+    assert_is(&retried, &event);
+    assert_eq!(retried.header("Herald-Delivery-Attempt"), "2");
+    assert!(retried.at - hung.at >= Duration::from_millis(200));
+    let view = eventually("the retry to count as handled", || async {
+        let (_, view) = api.get("/subscriptions/slow").await;
+        (view["handled"] == 1).then_some(view)
+    })
+    .await;
+    assert_eq!(view["timeout_ms"], 200);
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_connections_are_dead_lettered_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(&dir).await;
+    let api = Api::new(&server);
+    // A port that was just free: nothing listens on it.
+    let closed = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap()
+    };
+    api.subscribe(json!({
+        "name": "nowhere", "topics": ["ping"], "url": format!("http://{closed}/hook"),
+        "retry": {"max_attempts": 2, "initial_backoff_ms": 1, "max_backoff_ms": 1}
+    }))
+    .await;
+    let event = publish(&server, "ping", json!({})).await;
+    let bus = &server.state().bus;
+    let letter = eventually("the dead letter", || async {
+        bus.dead_letters(&DeadLetterQuery::default().subscriber("webhook:nowhere"))
+            .await
+            .unwrap()
+            .pop()
+    })
+    .await;
+    assert_eq!(letter.event.id(), event.id());
+    assert_eq!(letter.attempts, 2);
+    assert!(
+        letter.reason.contains("cannot POST to"),
+        "{}",
+        letter.reason
+    );
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn disable_stops_delivery_and_enable_resumes_with_nothing_lost() {
     let dir = tempfile::tempdir().unwrap();
     let server = start(&dir).await;
@@ -529,6 +607,7 @@ async fn replay_delivers_again_from_the_start_a_position_or_a_time() {
 async fn a_restart_resumes_from_the_checkpoint() {
     let dir = tempfile::tempdir().unwrap();
     let mut receiver = Receiver::start().await;
+    let mut paused_receiver = Receiver::start().await;
     let secret = "restart-secret";
     let before = {
         let server = start(&dir).await;
@@ -537,10 +616,8 @@ async fn a_restart_resumes_from_the_checkpoint() {
             "name": "stock", "topics": ["stock.*"], "url": receiver.url, "secret": secret
         }))
         .await;
-        api.subscribe(
-            json!({"name": "paused", "topics": ["stock.*"], "url": "http://127.0.0.1:9/"}),
-        )
-        .await;
+        api.subscribe(json!({"name": "paused", "topics": ["stock.*"], "url": paused_receiver.url}))
+            .await;
         let (status, _) = api.post("/subscriptions/paused/disable", json!({})).await;
         assert_eq!(status, StatusCode::OK);
         let events = [
@@ -577,15 +654,7 @@ async fn a_restart_resumes_from_the_checkpoint() {
     );
     let (_, paused) = api.get("/subscriptions/paused").await;
     assert_eq!(paused["status"], "disabled");
-    assert_eq!(
-        server
-            .state()
-            .bus
-            .subscriber("webhook:paused")
-            .unwrap()
-            .state,
-        herald::SubscriberState::Disabled
-    );
+    assert_eq!(paused["running"], false, "{paused}");
 
     // The next arrival is the new event: nothing acknowledged comes again,
     // and it is still signed with the secret kept sealed in the store.
@@ -593,6 +662,16 @@ async fn a_restart_resumes_from_the_checkpoint() {
     let arrival = receiver.next().await;
     assert_is(&arrival, &after);
     assert_signed(&arrival, secret);
+
+    // The subscription disabled before the restart gets, once enabled,
+    // everything appended since it was disabled.
+    assert!(paused_receiver.arrivals.try_recv().is_err());
+    let (status, paused) = api.post("/subscriptions/paused/enable", json!({})).await;
+    assert_eq!(status, StatusCode::OK, "{paused}");
+    assert_eq!(paused["running"], true);
+    for event in before.iter().chain([&after]) {
+        assert_is(&paused_receiver.next().await, event);
+    }
     server.shutdown().await;
 }
 

@@ -35,6 +35,8 @@ pub(crate) fn signature(secret: &[u8], body: &[u8]) -> String {
 pub(crate) struct WebhookHandler {
     client: reqwest::Client,
     url: reqwest::Url,
+    /// The URL as errors show it: without its password.
+    shown: String,
     secret: Option<Arc<[u8]>>,
     timeout: Duration,
     max_retry_after: Duration,
@@ -63,6 +65,7 @@ impl WebhookHandler {
             .build()?;
         Ok(Self {
             client,
+            shown: redacted(url.as_str()),
             url,
             secret: secret.map(|s| Arc::from(s.as_bytes())),
             timeout,
@@ -95,7 +98,7 @@ impl Handler for WebhookHandler {
             Err(err) if err.is_timeout() => {
                 return Err(HandlerError::retry(format!(
                     "no answer from {} within {} ms",
-                    self.url,
+                    self.shown,
                     self.timeout.as_millis()
                 ))
                 .with_kind(ErrorKind::Timeout));
@@ -103,7 +106,7 @@ impl Handler for WebhookHandler {
             Err(err) => {
                 return Err(HandlerError::retry(format!(
                     "cannot POST to {}: {}",
-                    self.url,
+                    self.shown,
                     error_chain(&err)
                 )));
             }
@@ -118,11 +121,24 @@ impl Handler for WebhookHandler {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<u64>().ok())
             .map(|secs| Duration::from_secs(secs).min(self.max_retry_after));
-        let message = format!("{} answered {status}", self.url);
+        let message = format!("{} answered {status}", self.shown);
         Err(match retry_after {
             Some(delay) => HandlerError::retry_after(message, delay),
             None => HandlerError::retry(message),
         })
+    }
+}
+
+/// `url` with its password, if any, replaced by `***`: URLs are shown by
+/// the API, logged and kept in dead letters' errors; a password in one is a
+/// credential of the receiver's.
+pub(crate) fn redacted(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(mut parsed) if parsed.password().is_some() => {
+            let _ = parsed.set_password(Some("***"));
+            parsed.to_string()
+        }
+        _ => url.to_owned(),
     }
 }
 
@@ -145,6 +161,15 @@ fn error_chain(err: &dyn std::error::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hides_passwords_in_urls() {
+        assert_eq!(
+            redacted("https://hook:pa55@example.com/in?x=1"),
+            "https://hook:***@example.com/in?x=1"
+        );
+        assert_eq!(redacted("http://example.com/in"), "http://example.com/in");
+    }
 
     #[test]
     fn signs_with_hmac_sha256_in_hex() {

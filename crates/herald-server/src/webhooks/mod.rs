@@ -13,13 +13,29 @@
 //! | call | what it does |
 //! |---|---|
 //! | `POST /api/subscriptions` | creates one: 201; the same definition again: 200; another definition under an existing name: 409; a bad definition: 400 saying what is wrong |
-//! | `GET /api/subscriptions` | lists them: definition (never the secret), `status` (`enabled`/`disabled`), `running`, `checkpoint`, `lag`, `handled`, `failed`, `dead_lettered`, `skipped` |
+//! | `GET /api/subscriptions` | lists them: definition (never the secret; a password in the URL shows as `***`), `status` (`enabled`/`disabled`), `running`, `checkpoint`, `lag`, `handled`, `failed`, `dead_lettered`, `skipped` |
 //! | `GET /api/subscriptions/{name}` | one of them |
 //! | `POST /api/subscriptions/{name}/disable`, `/enable` | stops and resumes delivery; kept across restarts; nothing is lost in between (the checkpoint waits) |
 //! | `POST /api/subscriptions/{name}/replay` | `{"from":"start"}`, `{"position":N}` (the events after N) or `{"time":"RFC 3339"}`: moves the checkpoint back so that events are delivered again |
 //! | `DELETE /api/subscriptions/{name}` | stops it and forgets it and its checkpoint (its dead letters stay, to inspect or discard) |
 //!
 //! Unknown names get a 404 problem everywhere.
+//!
+//! # Definitions
+//!
+//! - `name`: 1 to 64 ASCII letters, digits, `-`, `_` or `.`, starting with a
+//!   letter or a digit.
+//! - `topics`: 1 to 32 herald topic patterns (`order.created`, `order.*`,
+//!   `order.#`, `#`).
+//! - `url`: an `http` or `https` URL with a host, at most 2048 bytes.
+//! - `secret` (optional): 1 to 1024 bytes.
+//! - `retry` (optional, each field too): `max_attempts` 1 to 100,
+//!   `initial_backoff_ms` and `max_backoff_ms` 1 to 86400000, initial at
+//!   most max.
+//! - `timeout_ms` (optional): 1 to 300000, how long one attempt may take.
+//!
+//! Unknown fields are refused, so that a misspelt option is not silently
+//! ignored.
 //!
 //! # Delivery
 //!
@@ -57,7 +73,9 @@
 //! dead letter sends it again through the same retries.
 //!
 //! Events are delivered one at a time in log order: while one event is
-//! being retried, the later ones wait.
+//! being retried, the later ones wait. Disabling a subscription lets the
+//! delivery in hand finish (its retries included) and holds the next ones;
+//! deleting one waits for that delivery before it answers.
 //!
 //! # Delivery guarantees
 //!
@@ -75,7 +93,9 @@
 //! definition, the sealed secret and the position it starts after),
 //! `herald.subscription.deleted`, `herald.subscription.disabled` and
 //! `herald.subscription.enabled`. At startup the stream is folded and every
-//! subscription resumes from its checkpoint. This works on every store the
+//! enabled subscription resumes from its checkpoint; a disabled one starts
+//! from its checkpoint when it is enabled (`running` says which are on the
+//! bus), so nothing appended meanwhile is lost. This works on every store the
 //! server runs on, through the store traits alone.
 //!
 //! The secret is never in the clear in an event: it is sealed with a key
@@ -111,6 +131,7 @@ use axum::extract::{Path, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use futures_util::TryStreamExt;
 use herald::store::{StoreError, StoreErrorKind};
 use herald::{DeliveryMode, DurableError, ReplayFrom, StartFrom, Subscriber};
 use serde::{Deserialize, Serialize};
@@ -193,12 +214,13 @@ pub(crate) async fn resume(state: &AppState) {
     }
 }
 
+/// Makes sure a stored subscription has a checkpoint, then starts it
+/// unless it is disabled: a disabled subscription joins the bus when it is
+/// enabled (a subscriber cannot join the bus disabled, and one that joined
+/// enabled could deliver an event before being disabled).
 async fn resume_one(state: &AppState, sealer: &Sealer, stored: &Stored) -> Result<(), String> {
     let name = &stored.created.definition.name;
-    let secret = match &stored.created.secret_sealed {
-        Some(sealed) => Some(sealer.open(name, sealed).map_err(|e| e.to_string())?),
-        None => None,
-    };
+    let secret = open_secret(sealer, stored)?;
     let checkpoints = state.backend.checkpoints();
     let bus_name = subscriber_name(name);
     let saved = checkpoints
@@ -211,21 +233,24 @@ async fn resume_one(state: &AppState, sealer: &Sealer, stored: &Stored) -> Resul
             .await
             .map_err(|e| e.to_string())?;
     }
-    start(
-        state,
-        &stored.created.definition,
-        secret.as_deref(),
-        stored.enabled,
-    )
+    if !stored.enabled {
+        return Ok(());
+    }
+    start(state, &stored.created.definition, secret.as_deref())
+}
+
+fn open_secret(sealer: &Sealer, stored: &Stored) -> Result<Option<String>, String> {
+    match &stored.created.secret_sealed {
+        Some(sealed) => sealer
+            .open(&stored.created.definition.name, sealed)
+            .map(Some)
+            .map_err(|e| e.to_string()),
+        None => Ok(None),
+    }
 }
 
 /// Subscribes the bus to a stored subscription whose checkpoint is set.
-fn start(
-    state: &AppState,
-    definition: &Definition,
-    secret: Option<&str>,
-    enabled: bool,
-) -> Result<(), String> {
+fn start(state: &AppState, definition: &Definition, secret: Option<&str>) -> Result<(), String> {
     let url = reqwest::Url::parse(&definition.url)
         .map_err(|e| format!("invalid url {:?}: {e}", definition.url))?;
     let handler = WebhookHandler::new(
@@ -246,11 +271,7 @@ fn start(
         .start_from(StartFrom::Now)
         .batch_size(BATCH)
         .poll_interval(POLL);
-    state.bus.subscribe(subscriber).map_err(|e| e.to_string())?;
-    if !enabled {
-        let _ = state.bus.disable(&bus_name);
-    }
-    Ok(())
+    state.bus.subscribe(subscriber).map_err(|e| e.to_string())
 }
 
 /// A subscription as the API shows it: never its secret.
@@ -265,7 +286,8 @@ struct View {
     timeout_ms: u64,
     /// `enabled` or `disabled`, as stored.
     status: &'static str,
-    /// Whether its subscriber runs on this server's bus.
+    /// Whether its subscriber runs on this server's bus: a subscription
+    /// disabled when the server started joins it when enabled.
     running: bool,
     /// The position up to which it handled (or dead-lettered) its events.
     checkpoint: u64,
@@ -281,24 +303,22 @@ async fn view(state: &AppState, stored: &Stored) -> Result<View, Problem> {
     let definition = &stored.created.definition;
     let bus_name = subscriber_name(&definition.name);
     let info = state.bus.subscriber(&bus_name);
-    let (checkpoint, lag) = match (&info, state.bus.lag(&bus_name).await) {
-        (Some(info), Ok(lag)) => (info.checkpoint.unwrap_or(0), lag),
-        _ => {
-            let checkpoint = state
-                .backend
-                .checkpoints()
-                .load(&bus_name)
-                .await
-                .map_err(store_problem)?
-                .unwrap_or(stored.created.start_after);
-            let head = state.backend.events().head().await.map_err(store_problem)?;
-            (checkpoint, head.saturating_sub(checkpoint))
-        }
-    };
+    // From the store rather than the runner: a runner that is starting has
+    // not loaded its checkpoint yet, and it updates its own copy only after
+    // saving to the store anyway.
+    let checkpoint = state
+        .backend
+        .checkpoints()
+        .load(&bus_name)
+        .await
+        .map_err(store_problem)?
+        .unwrap_or(stored.created.start_after);
+    let head = state.backend.events().head().await.map_err(store_problem)?;
+    let lag = head.saturating_sub(checkpoint);
     Ok(View {
         name: definition.name.clone(),
         topics: definition.topics.clone(),
-        url: definition.url.clone(),
+        url: delivery::redacted(&definition.url),
         signed: stored.created.secret_sealed.is_some(),
         retry: definition.retry,
         timeout_ms: definition.timeout_ms,
@@ -418,12 +438,12 @@ async fn create(State(state): State<AppState>, body: Bytes) -> Result<Response, 
             Err(err) if err.kind() == StoreErrorKind::Conflict => continue,
             Err(err) => return Err(store_problem(err)),
         }
-        start(&state, &created.definition, checked.secret.as_deref(), true).map_err(|e| {
+        start(&state, &created.definition, checked.secret.as_deref()).map_err(|e| {
             Problem::internal(format!(
                 "subscription {name:?} is stored but could not start: {e}"
             ))
         })?;
-        tracing::info!(subscription = %name, url = %created.definition.url, "webhook subscription created");
+        tracing::info!(subscription = %name, url = %delivery::redacted(&created.definition.url), "webhook subscription created");
         let stored = Stored {
             created,
             enabled: true,
@@ -492,13 +512,25 @@ async fn set_enabled(state: &AppState, name: &str, enabled: bool) -> Result<Json
             stored.enabled = enabled;
         }
         let bus_name = subscriber_name(name);
-        // A subscription that is not running (see `running`) has only its
-        // stored status to change.
-        let _ = if enabled {
-            state.bus.enable(&bus_name)
+        let running = state.bus.subscriber(&bus_name).is_some();
+        if !enabled {
+            // A subscription that is not running has only its stored status
+            // to change.
+            let _ = state.bus.disable(&bus_name);
+        } else if running {
+            let _ = state.bus.enable(&bus_name);
         } else {
-            state.bus.disable(&bus_name)
-        };
+            // Disabled when the server started: it joins the bus now.
+            let sealer = Sealer::load_or_create(&*state.backend.checkpoints())
+                .await
+                .map_err(store_problem)?;
+            let secret = open_secret(&sealer, stored).map_err(Problem::internal)?;
+            start(state, &stored.created.definition, secret.as_deref()).map_err(|e| {
+                Problem::internal(format!(
+                    "subscription {name:?} is enabled but could not start: {e}"
+                ))
+            })?;
+        }
         tracing::info!(subscription = %name, enabled, "webhook subscription changed");
         return Ok(Json(view(state, stored).await?));
     }
@@ -557,7 +589,21 @@ async fn replay(
         .check()
         .map_err(Problem::bad_request)?;
     stored(&state, &name).await?;
-    match state.bus.replay(&subscriber_name(&name), from).await {
+    let bus_name = subscriber_name(&name);
+    if state.bus.subscriber(&bus_name).is_none() {
+        // Disabled since the server started: move the stored checkpoint,
+        // which the subscriber starts from once enabled.
+        let checkpoint = replay_position(&state, from).await.map_err(store_problem)?;
+        state
+            .backend
+            .checkpoints()
+            .save(&bus_name, checkpoint)
+            .await
+            .map_err(store_problem)?;
+        tracing::info!(subscription = %name, checkpoint, "webhook subscription replayed");
+        return Ok(Json(Replayed { name, checkpoint }));
+    }
+    match state.bus.replay(&bus_name, from).await {
         Ok(checkpoint) => {
             tracing::info!(subscription = %name, checkpoint, "webhook subscription replayed");
             Ok(Json(Replayed { name, checkpoint }))
@@ -566,6 +612,26 @@ async fn replay(
         Err(err) => Err(Problem::conflict(format!(
             "subscription {name:?} is not running on this server: {err}"
         ))),
+    }
+}
+
+/// The checkpoint a replay moves to, as the bus computes it for a running
+/// subscriber.
+async fn replay_position(state: &AppState, from: ReplayFrom) -> Result<u64, StoreError> {
+    let events = state.backend.events();
+    match from {
+        ReplayFrom::Position(p) => Ok(p),
+        ReplayFrom::Time(t) => {
+            let first = events
+                .read_all(herald::store::ReadAll::after(0).since(t).limit(1))
+                .try_next()
+                .await?;
+            match first.and_then(|e| e.position()) {
+                Some(p) => Ok(p - 1),
+                None => events.head().await,
+            }
+        }
+        _ => Ok(0),
     }
 }
 
