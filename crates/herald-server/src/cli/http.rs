@@ -137,13 +137,28 @@ impl HttpClient {
         })
     }
 
+    /// Sends; a 404 becomes [`CliError::NotFound`] with the server's
+    /// detail, or `what()` when it gave none.
     async fn not_found_as(
         &self,
         request: RequestBuilder,
         what: impl FnOnce() -> String,
     ) -> Result<Response, CliError> {
         match self.send(request).await {
-            Err(CliError::Api { status: 404, .. }) => Err(CliError::NotFound(what())),
+            Err(CliError::Api {
+                status: 404,
+                title,
+                detail,
+            }) => Err(CliError::NotFound(if title == "No such endpoint" {
+                format!(
+                    "{}: the server does not have this endpoint ({detail})",
+                    what()
+                )
+            } else if detail.is_empty() || detail == "the server has no such resource" {
+                what()
+            } else {
+                detail
+            })),
             other => other,
         }
     }
