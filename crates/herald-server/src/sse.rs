@@ -34,13 +34,16 @@
 //! `Last-Event-ID`. The stream also ends when the server shuts down.
 
 use std::convert::Infallible;
+use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::HeaderMap;
-use axum::response::sse::{Event, KeepAlive, Sse};
-use futures_util::{Stream, TryStreamExt};
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use futures_util::TryStreamExt;
 use herald::store::{EventStore, ReadAll, StoreError};
 use herald::{RecordedEvent, TopicPattern};
 use serde::Deserialize;
@@ -73,7 +76,7 @@ pub(crate) async fn subscribe(
     State(state): State<AppState>,
     headers: HeaderMap,
     Query(query): Query<SubscribeQuery>,
-) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+) -> Result<Response, ApiError> {
     let topics = crate::api::topic_patterns(query.topics.as_deref())?;
     let store = state.backend.events();
     let after = match headers.get("last-event-id") {
@@ -99,16 +102,40 @@ pub(crate) async fn subscribe(
         .live_tail()
         .get_or_init(|| Tail::start(Arc::clone(&store), state.closing()));
     let slices = tail.slices.subscribe();
-    let (tx, mut rx) = mpsc::channel::<Event>(BATCH);
+    let (tx, mut rx) = mpsc::channel::<Bytes>(CHUNKS);
     let subscription = Feed {
         store,
         topics,
         cursor: after,
         tx,
+        last_sent: tokio::time::Instant::now(),
     };
     tokio::spawn(feed(subscription, slices, state.closing()));
-    let stream = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx).map(|e| e.map(Ok)));
-    Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(KEEP_ALIVE)))
+    let stream = futures_util::stream::poll_fn(move |cx| {
+        rx.poll_recv(cx).map(|chunk| chunk.map(Ok::<_, Infallible>))
+    });
+    Ok((
+        [
+            (header::CONTENT_TYPE, "text/event-stream"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        Body::from_stream(stream),
+    )
+        .into_response())
+}
+
+/// How many chunks of messages may wait for a slow client.
+const CHUNKS: usize = 16;
+
+/// One SSE message for an event: `id:` its position, `data:` its JSON, one
+/// `data:` line per line of the JSON (a payload stored as the client sent
+/// it may hold newlines between tokens; the client joins the lines back).
+fn render(out: &mut String, position: u64, json: &str) {
+    let _ = writeln!(out, "id: {position}");
+    for line in json.split('\n') {
+        let _ = writeln!(out, "data: {}", line.trim_end_matches('\r'));
+    }
+    out.push('\n');
 }
 
 /// One read of the log by the tail: every event in `(after, upto]`.
@@ -119,11 +146,11 @@ pub(crate) struct Slice {
     events: Arc<[Shared]>,
 }
 
-/// An event of a slice, serialized once for every subscription.
+/// An event of a slice, rendered once for every subscription.
 struct Shared {
     position: u64,
     event: RecordedEvent,
-    json: Arc<str>,
+    message: String,
 }
 
 /// The server's tail of the log, shared by its live subscriptions.
@@ -208,10 +235,12 @@ async fn run_tail(
                 .filter_map(|event| {
                     let position = event.position()?;
                     let json = serde_json::to_string(&event).ok()?;
+                    let mut message = String::with_capacity(json.len() + 32);
+                    render(&mut message, position, &json);
                     Some(Shared {
                         position,
                         event,
-                        json: Arc::from(json),
+                        message,
                     })
                 })
                 .collect();
@@ -245,7 +274,9 @@ struct Feed {
     topics: Vec<TopicPattern>,
     /// Every event at or below it was sent or does not match.
     cursor: u64,
-    tx: mpsc::Sender<Event>,
+    tx: mpsc::Sender<Bytes>,
+    /// When the client was last sent something, for keep-alives.
+    last_sent: tokio::time::Instant,
 }
 
 impl Feed {
@@ -253,12 +284,17 @@ impl Feed {
         self.topics.is_empty() || self.topics.iter().any(|t| t.matches(event_type))
     }
 
-    async fn send(&mut self, position: u64, json: &str) -> Result<(), Stop> {
+    /// Sends a chunk of messages that ends with the event at `position`.
+    async fn send(&mut self, chunk: String, position: u64) -> Result<(), Stop> {
+        if chunk.is_empty() {
+            return Ok(());
+        }
         self.tx
-            .send(Event::default().id(position.to_string()).data(json))
+            .send(Bytes::from(chunk))
             .await
             .map_err(|_| Stop::Gone)?;
         self.cursor = position;
+        self.last_sent = tokio::time::Instant::now();
         Ok(())
     }
 
@@ -271,6 +307,8 @@ impl Feed {
                 .map_err(Stop::Failed)?;
             let full = events.len() >= BATCH;
             let mut past_bound = false;
+            let mut chunk = String::new();
+            let mut last = self.cursor;
             for event in events {
                 let Some(position) = event.position() else {
                     continue;
@@ -280,8 +318,10 @@ impl Feed {
                     break;
                 }
                 let json = serde_json::to_string(&event).unwrap_or_default();
-                self.send(position, &json).await?;
+                render(&mut chunk, position, &json);
+                last = position;
             }
+            self.send(chunk, last).await?;
             if !full || past_bound || bound.is_some_and(|b| self.cursor >= b) {
                 // Nothing up to the head (or the bound, which is at or below
                 // it) is left to read: move past the events that do not
@@ -301,11 +341,13 @@ impl Feed {
         if slice.after > self.cursor {
             self.catch_up(Some(slice.after)).await?;
         }
+        let mut chunk = String::new();
         for shared in slice.events.iter() {
             if shared.position > self.cursor && self.matches(shared.event.event_type()) {
-                self.send(shared.position, &shared.json).await?;
+                chunk.push_str(&shared.message);
             }
         }
+        self.send(chunk, slice.upto).await?;
         self.cursor = self.cursor.max(slice.upto);
         Ok(())
     }
@@ -318,10 +360,20 @@ impl Feed {
         loop {
             self.catch_up(None).await?;
             loop {
+                let quiet_until = self.last_sent + KEEP_ALIVE;
                 let slice = tokio::select! {
-                    slice = slices.recv() => slice,
+                    slice = slices.recv() => Some(slice),
                     _ = closing.wait_for(|c| *c) => return Err(Stop::Gone),
                     _ = self.tx.closed() => return Err(Stop::Gone),
+                    _ = tokio::time::sleep_until(quiet_until) => None,
+                };
+                let Some(slice) = slice else {
+                    self.tx
+                        .send(Bytes::from_static(b": keep-alive\n\n"))
+                        .await
+                        .map_err(|_| Stop::Gone)?;
+                    self.last_sent = tokio::time::Instant::now();
+                    continue;
                 };
                 match slice {
                     Ok(slice) => self.apply(&slice).await?,
@@ -341,7 +393,10 @@ async fn feed(mut feed: Feed, slices: broadcast::Receiver<Slice>, closing: watch
         tracing::warn!(error = %err, cursor = feed.cursor, "live subscription ends: the store failed");
         let _ = feed
             .tx
-            .send(Event::default().event("error").data(err.to_string()))
+            .send(Bytes::from(format!(
+                "event: error\ndata: {}\n\n",
+                err.to_string().replace(['\r', '\n'], " ")
+            )))
             .await;
     }
 }

@@ -91,6 +91,9 @@ impl Sse {
                         message.event = Some(v.trim().to_owned());
                         any = true;
                     } else if let Some(v) = line.strip_prefix("data:") {
+                        if any && !message.data.is_empty() {
+                            message.data.push('\n');
+                        }
                         message.data.push_str(v.strip_prefix(' ').unwrap_or(v));
                         any = true;
                     }
@@ -256,6 +259,29 @@ async fn events_published_through_the_api_reach_subscribers() {
     assert_eq!(response.status(), StatusCode::CREATED);
     let got = sse.take(1).await;
     assert_eq!(got[0].1["data"]["email"], "a@b.c");
+    drop(sse);
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_payload_with_newlines_stays_one_message() {
+    let (server, _dir) = sqlite().await;
+    // The payload is kept as sent, line breaks between tokens included.
+    let body = "{\"events\": [{\"type\": \"pretty.printed\", \"data\": {\n  \"a\": 1,\n  \"b\": [\n    2\n  ]\n}}]}";
+    let response = reqwest::Client::new()
+        .post(format!(
+            "http://{}/api/streams/pretty/events",
+            server.addr()
+        ))
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let mut sse = Sse::open(&server, "", None).await;
+    let got = sse.take(1).await;
+    assert_eq!(got[0].1["data"], json!({"a": 1, "b": [2]}));
     drop(sse);
     server.shutdown().await;
 }
