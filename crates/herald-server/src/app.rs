@@ -1,6 +1,6 @@
 //! The server's shared state and its router.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use axum::Json;
 use axum::Router;
@@ -31,6 +31,9 @@ pub struct AppState {
     /// Set when the server shuts down, so that endless answers (live
     /// subscriptions) end and the shutdown does not wait for them.
     closing: Arc<watch::Sender<bool>>,
+    /// The tail of the log that live subscriptions share, started by the
+    /// first one.
+    live_tail: Arc<OnceLock<crate::sse::Tail>>,
 }
 
 impl AppState {
@@ -42,6 +45,7 @@ impl AppState {
             config: Arc::new(config),
             backend,
             closing: Arc::new(watch::channel(false).0),
+            live_tail: Arc::new(OnceLock::new()),
         }
     }
 
@@ -49,6 +53,11 @@ impl AppState {
     /// shutting down.
     pub fn close(&self) {
         self.closing.send_replace(true);
+    }
+
+    /// The live subscriptions' shared tail of the log.
+    pub(crate) fn live_tail(&self) -> &OnceLock<crate::sse::Tail> {
+        &self.live_tail
     }
 
     /// A receiver that turns `true` when [`close`](Self::close) is called.

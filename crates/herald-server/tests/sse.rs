@@ -91,6 +91,9 @@ impl Sse {
                         message.event = Some(v.trim().to_owned());
                         any = true;
                     } else if let Some(v) = line.strip_prefix("data:") {
+                        if any && !message.data.is_empty() {
+                            message.data.push('\n');
+                        }
                         message.data.push_str(v.strip_prefix(' ').unwrap_or(v));
                         any = true;
                     }
@@ -261,6 +264,29 @@ async fn events_published_through_the_api_reach_subscribers() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_payload_with_newlines_stays_one_message() {
+    let (server, _dir) = sqlite().await;
+    // The payload is kept as sent, line breaks between tokens included.
+    let body = "{\"events\": [{\"type\": \"pretty.printed\", \"data\": {\n  \"a\": 1,\n  \"b\": [\n    2\n  ]\n}}]}";
+    let response = reqwest::Client::new()
+        .post(format!(
+            "http://{}/api/streams/pretty/events",
+            server.addr()
+        ))
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let mut sse = Sse::open(&server, "", None).await;
+    let got = sse.take(1).await;
+    assert_eq!(got[0].1["data"], json!({"a": 1, "b": [2]}));
+    drop(sse);
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_resume_points_and_patterns_are_problems() {
     let (server, _dir) = sqlite().await;
     let client = reqwest::Client::new();
@@ -310,7 +336,70 @@ async fn shutting_down_ends_open_subscriptions() {
     assert!(end.is_ok(), "the stream ends");
 }
 
+async fn many_subscribers_joining_while_events_flow_each_get_every_event_once(server: Server) {
+    let mut expected = append(
+        &server,
+        "flow",
+        (0..50).map(|n| typed("flow.a", n)).collect(),
+    )
+    .await;
+    let addr = server.addr();
+    let writer = tokio::spawn(async move {
+        let client = reqwest::Client::new();
+        let mut positions = Vec::new();
+        for round in 0..60u64 {
+            let kind = if round % 3 == 0 { "other.b" } else { "flow.a" };
+            let response = client
+                .post(format!("http://{addr}/api/streams/flow/events"))
+                .json(&json!({"events": (0..10).map(|n| typed(kind, round * 10 + n)).collect::<Vec<_>>()}))
+                .send()
+                .await
+                .unwrap();
+            let body: Value = response.json().await.unwrap();
+            if kind == "flow.a" {
+                positions.extend(
+                    body["events"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|e| e["position"].as_u64().unwrap()),
+                );
+            }
+        }
+        positions
+    });
+    // Subscribers join at different moments of the flow, from the start or
+    // from a resume point.
+    let mut subscribers = Vec::new();
+    for i in 0..8u64 {
+        let resume = (i % 2 == 1).then_some(expected[(i * 5) as usize]);
+        subscribers.push((resume, Sse::open(&server, "?topics=flow.*", resume).await));
+    }
+    expected.extend(writer.await.unwrap());
+    for (resume, mut sse) in subscribers {
+        let want: Vec<u64> = expected
+            .iter()
+            .copied()
+            .filter(|p| resume.is_none_or(|r| *p > r))
+            .collect();
+        let got: Vec<u64> = sse
+            .take(want.len())
+            .await
+            .into_iter()
+            .map(|(p, _)| p)
+            .collect();
+        assert_eq!(got, want, "resuming after {resume:?}");
+    }
+    server.shutdown().await;
+}
+
 mod on_sqlite {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn many_subscribers_joining_while_events_flow_each_get_every_event_once() {
+        let (server, _dir) = super::sqlite().await;
+        super::many_subscribers_joining_while_events_flow_each_get_every_event_once(server).await;
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn catches_up_then_follows_live_by_topic() {
         let (server, _dir) = super::sqlite().await;
@@ -325,6 +414,14 @@ mod on_sqlite {
 }
 
 mod on_postgres {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn many_subscribers_joining_while_events_flow_each_get_every_event_once() {
+        super::many_subscribers_joining_while_events_flow_each_get_every_event_once(
+            super::postgres().await,
+        )
+        .await;
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn catches_up_then_follows_live_by_topic() {
         super::catches_up_then_follows_live_by_topic(super::postgres().await).await;

@@ -170,8 +170,9 @@ pub(crate) async fn publish(
                     return Err(err.into());
                 }
                 // The earlier events are in the store: say which.
-                let ApiError::Problem(mut problem) = ApiError::from(err) else {
-                    unreachable!("publish errors are plain problems except conflicts");
+                let mut problem = match ApiError::from(err) {
+                    ApiError::Problem(problem) => problem,
+                    other => return Err(other),
                 };
                 problem.detail = format!(
                     "{} (events[0..{}] were published; events[{}..{total}] were not)",
