@@ -171,15 +171,16 @@ async fn fan_out(base: &str) {
                 while received < total {
                     let chunk = body.next().await.expect("open").expect("a chunk");
                     buffer.extend_from_slice(&chunk);
-                    // Count complete messages ("\n\n"-terminated blocks with an id).
-                    while let Some(end) = buffer.windows(2).position(|w| w == b"\n\n") {
-                        if buffer[..end].starts_with(b"id:")
-                            || buffer[..end].windows(4).any(|w| w == b"\nid:")
-                        {
+                    // Count complete messages ("\n\n"-terminated blocks
+                    // that start with an id), then drop them at once.
+                    let mut start = 0;
+                    while let Some(end) = buffer[start..].windows(2).position(|w| w == b"\n\n") {
+                        if buffer[start..].starts_with(b"id:") {
                             received += 1;
                         }
-                        buffer.drain(..end + 2);
+                        start += end + 2;
                     }
+                    buffer.drain(..start);
                 }
                 (received, Instant::now())
             })
