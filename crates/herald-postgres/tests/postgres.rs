@@ -476,7 +476,7 @@ async fn migrations_apply_once_and_stores_share_a_schema() {
     .unwrap();
     assert_eq!(
         applied,
-        [1, 2, 3, 4, 5, 6, 7],
+        [1, 2, 3, 4, 5, 6, 7, 8],
         "each migration recorded once"
     );
 }
