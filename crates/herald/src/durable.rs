@@ -101,6 +101,9 @@ pub(crate) enum Settled {
 pub(crate) trait Deliver: Send + Sync + 'static {
     fn name(&self) -> &str;
     fn is_enabled(&self) -> bool;
+    /// Syncs the enabled state with the store (saving changes made here,
+    /// following changes made elsewhere), then says whether it is enabled.
+    fn refresh_enabled(&self) -> impl std::future::Future<Output = bool> + Send;
     fn deliver_durable(
         &self,
         event: &RecordedEvent,
@@ -483,7 +486,7 @@ pub(crate) async fn drive<D: Deliver>(
             let _ = done.send(());
             continue;
         }
-        if !core.is_enabled() {
+        if !core.refresh_enabled().await {
             if pause(settings.poll_interval, signals, &mut pending).await {
                 return;
             }
