@@ -95,7 +95,9 @@ pub enum DeliveryMode {
 pub enum SubscriberState {
     /// Receives events.
     Enabled,
-    /// Disabled by [`Bus::disable`]: receives no new events; events already
+    /// Disabled by [`Bus::disable`] or [`Subscriber::disabled`] (for a
+    /// durable subscriber, also by a disable saved in the store by another
+    /// process or before a restart): receives no new events; events already
     /// queued are still handled.
     Disabled,
     /// Stopped by a handler error with [`Disposition::Stop`]: receives no
