@@ -1247,7 +1247,11 @@ impl Bus {
     /// call is sync, so the subscriber's runner saves the change on its next
     /// round (retrying while the store fails, and once more when the bus
     /// shuts down); use [`set_enabled`](Self::set_enabled) to wait until it
-    /// is saved. Inline and async subscribers are only disabled in this bus.
+    /// is saved. A durable subscriber starting up looks at the stored state
+    /// before it delivers anything (its [`SubscriberInfo::state`] shows the
+    /// state it was added with until then). A subscriber stopped by its
+    /// handler stays stopped until enabled in its own process. Inline and
+    /// async subscribers are only disabled in this bus.
     ///
     /// # Errors
     ///
