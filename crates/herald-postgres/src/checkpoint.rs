@@ -1,5 +1,5 @@
 //! [`CheckpointStore`] for [`PgStore`]: checkpoints in the `checkpoints`
-//! table of the store's schema.
+//! table of the store's schema, enabled states in `subscriber_states`.
 
 use async_trait::async_trait;
 use herald::store::{CheckpointStore, StoreError};
@@ -11,7 +11,8 @@ use crate::store::PgStore;
 /// row per subscriber (its position and the time it was saved). A save is
 /// one statement (an upsert), committed when it returns, so a saved
 /// checkpoint is as durable as an append and every process sharing the
-/// schema sees it.
+/// schema sees it. Whether a subscriber is enabled is kept the same way, in
+/// `subscriber_states`.
 #[async_trait]
 impl CheckpointStore for PgStore {
     async fn load(&self, subscriber: &str) -> Result<Option<u64>, StoreError> {
@@ -52,6 +53,24 @@ impl CheckpointStore for PgStore {
             .execute(self.pool())
             .await
             .map_err(backend("reset a checkpoint"))?;
+        Ok(())
+    }
+
+    async fn load_enabled(&self, subscriber: &str) -> Result<Option<bool>, StoreError> {
+        sqlx::query_scalar(&self.inner().sql.enabled_load)
+            .bind(subscriber)
+            .fetch_optional(self.pool())
+            .await
+            .map_err(backend("load whether a subscriber is enabled"))
+    }
+
+    async fn save_enabled(&self, subscriber: &str, enabled: bool) -> Result<(), StoreError> {
+        sqlx::query(&self.inner().sql.enabled_save)
+            .bind(subscriber)
+            .bind(enabled)
+            .execute(self.pool())
+            .await
+            .map_err(backend("save whether a subscriber is enabled"))?;
         Ok(())
     }
 }

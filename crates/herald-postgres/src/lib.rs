@@ -62,7 +62,7 @@
 //!
 //! | trait | kept in | |
 //! |---|---|---|
-//! | [`CheckpointStore`](herald::store::CheckpointStore) | `checkpoints` | durable subscribers resume where they were; a save is one upsert |
+//! | [`CheckpointStore`](herald::store::CheckpointStore) | `checkpoints`, `subscriber_states` | durable subscribers resume where they were, and stay disabled once disabled; a save is one upsert |
 //! | [`DeadLetterStore`](herald::DeadLetterStore) | `dead_letters` | see [Dead letters](#dead-letters) |
 //! | [`LeaseStore`](herald::store::LeaseStore) | `group_members`, `group_partitions` | competing subscribers share their partitions between processes |
 //! | [`Ledger`](herald::Ledger) | `ledger` | idempotent subscribers skip what they handled, in any process on the schema; kept for good (one small row per subscriber and event) |
@@ -87,6 +87,8 @@
 //! - `erased`: the positions of deleted events.
 //! - `checkpoints`: per durable subscriber, its position and when it was
 //!   saved.
+//! - `subscriber_states`: per durable subscriber, whether it is enabled, and
+//!   when that was saved.
 //! - `group_members`, `group_partitions`: the members of competing
 //!   subscribers, and their partitions' leases and checkpoints.
 //! - `dead_letters`: one row per subscriber and event given up on (see

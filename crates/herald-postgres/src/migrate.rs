@@ -57,6 +57,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "leases",
         sql: include_str!("../migrations/0007_leases.sql"),
     },
+    Migration {
+        version: 8,
+        name: "subscriber_states",
+        sql: include_str!("../migrations/0008_subscriber_states.sql"),
+    },
 ];
 
 /// FNV-1a, 64 bits: a checksum that stays the same across Rust releases.

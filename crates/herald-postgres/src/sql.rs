@@ -41,6 +41,8 @@ pub(crate) struct Queries {
     pub(crate) checkpoint_load: String,
     pub(crate) checkpoint_save: String,
     pub(crate) checkpoint_reset: String,
+    pub(crate) enabled_load: String,
+    pub(crate) enabled_save: String,
     pub(crate) dead_letter_record: String,
     pub(crate) dead_letter_list: String,
     pub(crate) dead_letter_get: String,
@@ -104,6 +106,10 @@ impl Queries {
             ),
             checkpoint_save: q(include_str!("../queries/checkpoints/save.sql")),
             checkpoint_reset: q("DELETE FROM {schema}.checkpoints WHERE subscriber = $1::text"),
+            enabled_load: q(
+                "SELECT enabled FROM {schema}.subscriber_states WHERE subscriber = $1::text",
+            ),
+            enabled_save: q(include_str!("../queries/checkpoints/save_enabled.sql")),
             ledger_contains: q("SELECT EXISTS (SELECT 1 FROM {schema}.ledger \
                  WHERE subscriber = $1::text AND event_id = $2::uuid)"),
             ledger_insert: q(

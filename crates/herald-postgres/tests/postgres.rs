@@ -476,7 +476,7 @@ async fn migrations_apply_once_and_stores_share_a_schema() {
     .unwrap();
     assert_eq!(
         applied,
-        [1, 2, 3, 4, 5, 6, 7],
+        [1, 2, 3, 4, 5, 6, 7, 8],
         "each migration recorded once"
     );
 }
@@ -599,4 +599,57 @@ async fn topic_filters_in_sql_match_as_topic_patterns_do() {
             .collect();
         assert_eq!(got, want, "pattern {pattern}");
     }
+}
+
+/// Polls until `bus`'s subscriber `name` is in `state`.
+async fn until_state(bus: &herald::Bus, name: &str, state: herald::SubscriberState) {
+    tokio::time::timeout(Duration::from_secs(20), async {
+        while bus.subscriber(name).map(|s| s.state).as_ref() != Some(&state) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("timed out waiting until {name} is {state:?}"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_state_saved_through_one_store_is_followed_through_another() {
+    use herald::store::CheckpointStore;
+    use herald::{Bus, DeliveryMode, Subscriber, SubscriberState, handler_fn};
+
+    // Two stores on one schema, as two processes have.
+    let config = support::config();
+    let first = Arc::new(support::store_with(config.clone()).await);
+    let second = Arc::new(support::store_with(config).await);
+    assert_eq!(second.load_enabled("mailer").await.unwrap(), None);
+    first.save_enabled("mailer", false).await.unwrap();
+    assert_eq!(second.load_enabled("mailer").await.unwrap(), Some(false));
+    // Saving again replaces the row, and leaves the checkpoint alone.
+    first.save("mailer", 7).await.unwrap();
+    second.save_enabled("mailer", true).await.unwrap();
+    second.save_enabled("mailer", false).await.unwrap();
+    assert_eq!(first.load_enabled("mailer").await.unwrap(), Some(false));
+    assert_eq!(first.load("mailer").await.unwrap(), Some(7));
+
+    let subscriber = || {
+        Subscriber::new("mailer", handler_fn(|_, _| async { Ok(()) }))
+            .topic("#")
+            .mode(DeliveryMode::Durable)
+            .poll_interval(Duration::from_millis(50))
+    };
+    let a = Bus::builder().store(Arc::clone(&first)).build();
+    let b = Bus::builder().store(Arc::clone(&second)).build();
+    a.subscribe(subscriber()).unwrap();
+    b.subscribe(subscriber()).unwrap();
+    until_state(&a, "mailer", SubscriberState::Disabled).await;
+    until_state(&b, "mailer", SubscriberState::Disabled).await;
+
+    a.set_enabled("mailer", true).await.unwrap();
+    until_state(&b, "mailer", SubscriberState::Enabled).await;
+    // A sync disable is saved by the runner on its next round.
+    b.disable("mailer").unwrap();
+    until_state(&a, "mailer", SubscriberState::Disabled).await;
+    a.shutdown().await;
+    b.shutdown().await;
+    assert_eq!(first.load_enabled("mailer").await.unwrap(), Some(false));
 }

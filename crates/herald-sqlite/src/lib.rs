@@ -153,7 +153,7 @@
 //!
 //! | trait | kept in | |
 //! |---|---|---|
-//! | [`CheckpointStore`](herald::store::CheckpointStore) | `checkpoints` | durable subscribers resume where they were |
+//! | [`CheckpointStore`](herald::store::CheckpointStore) | `checkpoints`, `subscriber_states` | durable subscribers resume where they were, and stay disabled once disabled |
 //! | [`DeadLetterStore`](herald::DeadLetterStore) | `dead_letters` | see [Dead letters](#dead-letters) |
 //! | [`Ledger`](herald::Ledger) | `ledger` | idempotent subscribers skip what they handled, also after a restart; kept for good (one small row per subscriber and event) |
 //!
@@ -182,8 +182,8 @@
 //! event, payload and metadata as the exact JSON text given), `streams` (one
 //! row per stream: version, count, first and last times),
 //! `stream_entries` (links; a `NULL` position is the hole a deleted event
-//! leaves), `checkpoints` (one row per durable subscriber),
-//! `dead_letters` (one row per subscriber and event it gave up on) and
+//! leaves), `checkpoints` and `subscriber_states` (one row each per
+//! durable subscriber), `dead_letters` (one row per subscriber and event it gave up on) and
 //! `ledger` (one row per subscriber and event it handled).
 //!
 //! # Errors

@@ -36,10 +36,15 @@ const MIGRATIONS: &[Migration] = &[
         name: "ledger",
         sql: include_str!("../migrations/0004_ledger.sql"),
     },
+    Migration {
+        version: 5,
+        name: "subscriber_states",
+        sql: include_str!("../migrations/0005_subscriber_states.sql"),
+    },
 ];
 
 /// The schema version this crate writes.
-pub(crate) const LATEST: u32 = 4;
+pub(crate) const LATEST: u32 = 5;
 
 const CREATE_MIGRATIONS_TABLE: &str = "
     CREATE TABLE IF NOT EXISTS herald_migrations (
@@ -125,7 +130,7 @@ mod tests {
             .unwrap()
             .collect::<Result<_, _>>()
             .unwrap();
-        assert_eq!(versions, [1, 2, 3, 4]);
+        assert_eq!(versions, [1, 2, 3, 4, 5]);
     }
 
     #[test]

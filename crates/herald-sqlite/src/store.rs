@@ -432,8 +432,9 @@ impl EventStore for SqliteStore {
 }
 
 /// Checkpoints live in the same file as the history, in the `checkpoints`
-/// table; saves go through the writer (and its group commit), so a saved
-/// checkpoint is as durable as an append.
+/// table, and subscribers' enabled states in `subscriber_states`; saves go
+/// through the writer (and its group commit), so a saved checkpoint is as
+/// durable as an append.
 #[async_trait]
 impl CheckpointStore for SqliteStore {
     async fn load(&self, subscriber: &str) -> Result<Option<u64>, StoreError> {
@@ -463,6 +464,28 @@ impl CheckpointStore for SqliteStore {
         self.write(|reply| Command::Checkpoint {
             subscriber: subscriber.to_owned(),
             position: None,
+            reply,
+        })
+        .await
+    }
+
+    async fn load_enabled(&self, subscriber: &str) -> Result<Option<bool>, StoreError> {
+        let subscriber = subscriber.to_owned();
+        self.read(move |conn| {
+            let context = || format!("load whether subscriber {subscriber:?} is enabled");
+            conn.prepare_cached("SELECT enabled FROM subscriber_states WHERE subscriber = ?1")
+                .context(context())?
+                .query_row([&subscriber], |row| row.get::<_, bool>(0))
+                .optional()
+                .context(context())
+        })
+        .await
+    }
+
+    async fn save_enabled(&self, subscriber: &str, enabled: bool) -> Result<(), StoreError> {
+        self.write(|reply| Command::SubscriberEnabled {
+            subscriber: subscriber.to_owned(),
+            enabled,
             reply,
         })
         .await

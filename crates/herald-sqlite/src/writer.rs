@@ -63,6 +63,12 @@ pub(crate) enum Command {
         position: Option<u64>,
         reply: oneshot::Sender<Result<(), StoreError>>,
     },
+    /// Saves whether a subscriber is enabled.
+    SubscriberEnabled {
+        subscriber: String,
+        enabled: bool,
+        reply: oneshot::Sender<Result<(), StoreError>>,
+    },
     /// Records a dead letter, or updates the one of the same subscriber and
     /// event.
     RecordDeadLetter {
@@ -92,6 +98,7 @@ enum Done {
     Appended(Appended),
     Deleted(bool),
     Checkpointed,
+    EnabledSaved,
     DeadLetter(DeadLetter),
     Removed(Option<DeadLetter>),
     Purged(u64),
@@ -114,6 +121,9 @@ const DELETE_STREAM: &str = include_str!("../queries/delete_stream.sql");
 const SAVE_CHECKPOINT: &str = "INSERT INTO checkpoints (subscriber, position, saved_at) VALUES (?1, ?2, ?3) \
      ON CONFLICT (subscriber) DO UPDATE SET position = excluded.position, saved_at = excluded.saved_at";
 const RESET_CHECKPOINT: &str = "DELETE FROM checkpoints WHERE subscriber = ?1";
+const SAVE_ENABLED: &str = "INSERT INTO subscriber_states (subscriber, enabled, saved_at) \
+     VALUES (?1, ?2, ?3) \
+     ON CONFLICT (subscriber) DO UPDATE SET enabled = excluded.enabled, saved_at = excluded.saved_at";
 
 /// The head position: the highest position ever assigned.
 pub(crate) const HEAD: &str = "SELECT seq FROM sqlite_sequence WHERE name = 'events'";
@@ -349,6 +359,18 @@ impl Writer {
             } => self
                 .checkpoint(subscriber, *position)
                 .map(|()| Done::Checkpointed),
+            Command::SubscriberEnabled {
+                subscriber,
+                enabled,
+                ..
+            } => {
+                let at = self.now();
+                self.conn
+                    .prepare_cached(SAVE_ENABLED)
+                    .and_then(|mut s| s.execute((subscriber, enabled, at)))
+                    .context(format!("save whether subscriber {subscriber:?} is enabled"))
+                    .map(|_| Done::EnabledSaved)
+            }
             Command::RecordDeadLetter { letter, .. } => {
                 self.apply_retention()?;
                 dead_letters::record(&self.conn, letter).map(Done::DeadLetter)
@@ -704,6 +726,9 @@ impl Command {
             }),
             Self::Checkpoint { reply, .. } => send(reply, result, |done| {
                 matches!(done, Done::Checkpointed).then_some(())
+            }),
+            Self::SubscriberEnabled { reply, .. } => send(reply, result, |done| {
+                matches!(done, Done::EnabledSaved).then_some(())
             }),
             Self::RecordDeadLetter { reply, .. } => send(reply, result, |done| {
                 let Done::DeadLetter(l) = done else {

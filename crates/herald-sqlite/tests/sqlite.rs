@@ -512,3 +512,28 @@ fn the_store_needs_no_tokio_runtime() {
         );
     });
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_state_saved_through_one_store_is_seen_through_another_and_after_reopening() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = SqliteConfig::new(dir.path().join("events.db"));
+    {
+        let first = SqliteStore::open(config.clone()).await.unwrap();
+        let second = SqliteStore::open(config.clone()).await.unwrap();
+        assert_eq!(second.load_enabled("mailer").await.unwrap(), None);
+        first.save_enabled("mailer", false).await.unwrap();
+        assert_eq!(second.load_enabled("mailer").await.unwrap(), Some(false));
+        second.save_enabled("mailer", true).await.unwrap();
+        second.save_enabled("billing", false).await.unwrap();
+        assert_eq!(first.load_enabled("mailer").await.unwrap(), Some(true));
+        // The state is apart from the checkpoint: resetting one keeps the
+        // other.
+        first.save("billing", 4).await.unwrap();
+        first.reset("billing").await.unwrap();
+        assert_eq!(first.load_enabled("billing").await.unwrap(), Some(false));
+    }
+    let store = SqliteStore::open(config).await.unwrap();
+    assert_eq!(store.load_enabled("mailer").await.unwrap(), Some(true));
+    assert_eq!(store.load_enabled("billing").await.unwrap(), Some(false));
+    assert_eq!(store.load_enabled("audit").await.unwrap(), None);
+}

@@ -12,7 +12,7 @@ use std::time::Duration;
 use herald::store::{CheckpointStore, EventStore, ReadStream, StreamName};
 use herald::{
     Bus, DeliveryMode, EventId, HandlerError, NewEvent, RecordedEvent, ReplayFrom, RetryPolicy,
-    StartFrom, Subscriber, handler_fn,
+    StartFrom, Subscriber, SubscriberState, handler_fn,
 };
 use serde_json::json;
 use tokio::sync::Notify;
@@ -37,6 +37,9 @@ macro_rules! durable_conformance {
             the_checkpoint_moves_past_events_the_subscriber_does_not_match,
             a_retrying_event_holds_up_only_its_own_stream,
             retries_that_give_up_dead_letter_the_event_with_every_attempt,
+            a_disabled_durable_subscriber_stays_disabled_after_a_restart_and_catches_up_when_enabled,
+            disabling_a_durable_subscriber_on_one_bus_stops_it_on_another_sharing_the_store,
+            a_durable_subscriber_added_disabled_receives_nothing_until_enabled,
         );
     };
 }
@@ -611,6 +614,249 @@ pub async fn the_checkpoint_moves_past_events_the_subscriber_does_not_match<
     }
     bus.shutdown().await;
     assert_eq!(log.events().iter().map(n_of).collect::<Vec<_>>(), [100]);
+}
+
+/// Polls `bus` until its subscriber `name` is in `state`; fails after
+/// [`PATIENCE`].
+async fn until_state(bus: &Bus, name: &str, state: SubscriberState, what: &str) {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let now = bus.subscriber(name).map(|s| s.state);
+        if now.as_ref() == Some(&state) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting until {what}; the subscriber is {now:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn durable(name: &str, log: &Log) -> Subscriber {
+    Subscriber::new(name, recording(log))
+        .topic("#")
+        .mode(DeliveryMode::Durable)
+        .poll_interval(Duration::from_millis(50))
+}
+
+/// A durable subscriber disabled through the bus is disabled in the store:
+/// a new bus on the same store (a restart) keeps it disabled, so it
+/// receives nothing of what was published meanwhile; once enabled, it
+/// receives every event it missed, in order, and nothing twice.
+pub async fn a_disabled_durable_subscriber_stays_disabled_after_a_restart_and_catches_up_when_enabled<
+    S: EventStore + CheckpointStore,
+>(
+    store: Arc<S>,
+) {
+    let first = Log::default();
+    {
+        let bus = bus_on(&store);
+        bus.subscribe(durable("auditor", &first))
+            .expect("subscribe");
+        for n in 0..3 {
+            bus.publish("user.registered", json!({ "n": n }))
+                .await
+                .expect("publish");
+        }
+        first
+            .until("the first run handled 3", |e| e.len() == 3)
+            .await;
+        bus.set_enabled("auditor", false)
+            .await
+            .expect("disable and save");
+        assert_eq!(
+            store.load_enabled("auditor").await.expect("load state"),
+            Some(false),
+            "the store has the subscriber disabled"
+        );
+        for n in 3..8 {
+            bus.publish("user.registered", json!({ "n": n }))
+                .await
+                .expect("publish");
+        }
+        bus.shutdown().await;
+    }
+    assert_eq!(
+        first.events().iter().map(n_of).collect::<Vec<_>>(),
+        [0, 1, 2],
+        "nothing was delivered after the disable"
+    );
+
+    let second = Log::default();
+    let witness = Log::default();
+    let bus = bus_on(&store);
+    bus.subscribe(durable("auditor", &second))
+        .expect("subscribe again");
+    bus.subscribe(durable("witness", &witness))
+        .expect("subscribe witness");
+    until_state(
+        &bus,
+        "auditor",
+        SubscriberState::Disabled,
+        "the restarted subscriber loaded its disabled state",
+    )
+    .await;
+    bus.publish("user.registered", json!({ "n": 8 }))
+        .await
+        .expect("publish");
+    witness
+        .until("the witness handled all 9", |e| e.len() == 9)
+        .await;
+    assert!(
+        second.events().is_empty(),
+        "a subscriber disabled before the restart received {:?}",
+        second.events().iter().map(n_of).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        bus.subscriber("auditor").map(|s| s.state),
+        Some(SubscriberState::Disabled)
+    );
+
+    bus.set_enabled("auditor", true).await.expect("enable");
+    assert_eq!(
+        store.load_enabled("auditor").await.expect("load state"),
+        Some(true)
+    );
+    second
+        .until("the enabled subscriber caught up", |e| e.len() >= 6)
+        .await;
+    bus.shutdown().await;
+    assert_eq!(
+        second.events().iter().map(n_of).collect::<Vec<_>>(),
+        (3..9).collect::<Vec<_>>(),
+        "once enabled it receives exactly what it missed"
+    );
+}
+
+/// Two buses on one store (two processes) running the same durable
+/// subscriber: disabling it through one stops it in the other, which
+/// receives nothing until it is enabled again (through either bus); then
+/// the events published meanwhile are delivered.
+pub async fn disabling_a_durable_subscriber_on_one_bus_stops_it_on_another_sharing_the_store<
+    S: EventStore + CheckpointStore,
+>(
+    store: Arc<S>,
+) {
+    let (log_a, log_b, witness) = (Log::default(), Log::default(), Log::default());
+    let a = bus_on(&store);
+    let b = bus_on(&store);
+    a.subscribe(durable("reporter", &log_a))
+        .expect("subscribe a");
+    a.subscribe(durable("witness", &witness))
+        .expect("subscribe witness");
+    b.subscribe(durable("reporter", &log_b))
+        .expect("subscribe b");
+
+    b.set_enabled("reporter", false)
+        .await
+        .expect("disable on b");
+    until_state(
+        &a,
+        "reporter",
+        SubscriberState::Disabled,
+        "bus a followed the disable made on bus b",
+    )
+    .await;
+    let published: HashSet<EventId> = {
+        let mut ids = HashSet::new();
+        for n in 0..5 {
+            let e = a
+                .publish("report.due", json!({ "n": n }))
+                .await
+                .expect("publish");
+            ids.insert(e.id());
+        }
+        ids
+    };
+    witness
+        .until("the witness handled the 5", |e| e.len() == 5)
+        .await;
+    assert!(
+        log_a.events().is_empty() && log_b.events().is_empty(),
+        "a disabled subscriber received events: {} on a, {} on b",
+        log_a.events().len(),
+        log_b.events().len()
+    );
+
+    a.set_enabled("reporter", true).await.expect("enable on a");
+    until_state(
+        &b,
+        "reporter",
+        SubscriberState::Enabled,
+        "bus b followed the enable made on bus a",
+    )
+    .await;
+    // The two share the subscriber's checkpoint: between them, every event
+    // is delivered.
+    let delivered = || -> HashSet<EventId> { log_a.ids().union(&log_b.ids()).copied().collect() };
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while delivered() != published {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for the enabled subscriber: {} of 5 delivered",
+            delivered().len()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+/// A durable subscriber added [`disabled`](Subscriber::disabled) to a store
+/// that has no state for it starts disabled; once enabled it receives the
+/// history, and the store has it enabled.
+pub async fn a_durable_subscriber_added_disabled_receives_nothing_until_enabled<
+    S: EventStore + CheckpointStore,
+>(
+    store: Arc<S>,
+) {
+    let (log, witness) = (Log::default(), Log::default());
+    let bus = bus_on(&store);
+    bus.subscribe(durable("late-starter", &log).disabled())
+        .expect("subscribe");
+    bus.subscribe(durable("witness", &witness))
+        .expect("subscribe witness");
+    assert_eq!(
+        bus.subscriber("late-starter").map(|s| s.state),
+        Some(SubscriberState::Disabled)
+    );
+    for n in 0..4 {
+        bus.publish("job.queued", json!({ "n": n }))
+            .await
+            .expect("publish");
+    }
+    witness
+        .until("the witness handled the 4", |e| e.len() == 4)
+        .await;
+    assert_eq!(
+        store
+            .load_enabled("late-starter")
+            .await
+            .expect("load state"),
+        None,
+        "the state it was added with is not saved until changed"
+    );
+    assert!(
+        log.events().is_empty(),
+        "a disabled subscriber received events"
+    );
+
+    bus.enable("late-starter").expect("enable");
+    log.until("it received the history", |e| e.len() >= 4).await;
+    bus.shutdown().await;
+    assert_eq!(
+        log.events().iter().map(n_of).collect::<Vec<_>>(),
+        [0, 1, 2, 3]
+    );
+    assert_eq!(
+        store
+            .load_enabled("late-starter")
+            .await
+            .expect("load state"),
+        Some(true),
+        "the enable was saved by the time the bus shut down"
+    );
 }
 
 /// A durable subscriber with one delivery slot whose event keeps failing

@@ -95,7 +95,9 @@ pub enum DeliveryMode {
 pub enum SubscriberState {
     /// Receives events.
     Enabled,
-    /// Disabled by [`Bus::disable`]: receives no new events; events already
+    /// Disabled by [`Bus::disable`] or [`Subscriber::disabled`] (for a
+    /// durable subscriber, also by a disable saved in the store by another
+    /// process or before a restart): receives no new events; events already
     /// queued are still handled.
     Disabled,
     /// Stopped by a handler error with [`Disposition::Stop`]: receives no
@@ -144,6 +146,7 @@ pub struct Subscriber {
     poll_interval: Duration,
     competing: Option<u32>,
     lease_ttl: Duration,
+    enabled: bool,
     sync: Option<Arc<dyn SyncHandler>>,
     build: Box<dyn FnOnce(StackParts) -> BoxHandler + Send>,
 }
@@ -205,6 +208,7 @@ impl Subscriber {
             poll_interval: Duration::from_secs(1),
             competing: None,
             lease_ttl: DEFAULT_LEASE_TTL,
+            enabled: true,
             sync: None,
             build: Box::new(move |parts| build_stack(handler, parts)),
         }
@@ -306,9 +310,38 @@ impl Subscriber {
     }
 
     /// How often a durable subscriber looks for new events when the store
-    /// cannot wake it (1 s by default).
+    /// cannot wake it (1 s by default), and at most how often it looks at its
+    /// enabled state in the store (see [`Bus::disable`]).
     pub fn poll_interval(mut self, every: Duration) -> Self {
         self.poll_interval = every;
+        self
+    }
+
+    /// Adds the subscriber disabled: it receives nothing until
+    /// [`Bus::enable`] (or [`Bus::set_enabled`]) is called.
+    ///
+    /// For a durable subscriber this is the state it starts with when the
+    /// store has none saved for it (as [`start_from`](Self::start_from) is
+    /// where it starts without a checkpoint). A state saved in the store by
+    /// an enable or disable, in any process, wins: one enabled by an
+    /// operator stays enabled when the process restarts.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use herald::{handler_fn, Bus, Subscriber, SubscriberState};
+    ///
+    /// let bus = Bus::new();
+    /// bus.subscribe(
+    ///     Subscriber::new("audit", handler_fn(|_, _| async { Ok(()) }))
+    ///         .topic("#")
+    ///         .disabled(),
+    /// )
+    /// .unwrap();
+    /// assert_eq!(bus.subscriber("audit").unwrap().state, SubscriberState::Disabled);
+    /// ```
+    pub fn disabled(mut self) -> Self {
+        self.enabled = false;
         self
     }
 
@@ -448,6 +481,43 @@ struct Core {
     skipped: AtomicU64,
     failed: AtomicU64,
     dead_lettered: AtomicU64,
+    /// For a durable subscriber, its enabled state as kept in the store.
+    persisted: Option<Persisted>,
+}
+
+/// How a durable subscriber's enabled state is kept in the store, so that
+/// it survives a restart and every process running the subscriber follows
+/// it.
+///
+/// Enable and disable calls change the state here at once and count as
+/// changes not yet saved; the runner saves them on its next round (and
+/// [`Bus::set_enabled`] saves before it returns). When nothing is unsaved,
+/// the runner looks at the stored state, at most once per poll interval,
+/// and follows it, unless a change was made here while it looked.
+struct Persisted {
+    store: Arc<dyn CheckpointStore>,
+    /// At most how often the stored state is looked at.
+    every: Duration,
+    marks: Mutex<Marks>,
+    /// Held while saving, so an older state never lands after a newer one.
+    saving: tokio::sync::Mutex<()>,
+    /// When the stored state was last looked at; held while looking, so the
+    /// workers of a competing subscriber look once between them.
+    looked: tokio::sync::Mutex<Option<tokio::time::Instant>>,
+}
+
+/// Enable and disable calls made in this process, and how many of them the
+/// store has.
+#[derive(Default)]
+struct Marks {
+    changes: u64,
+    saved: u64,
+}
+
+impl Persisted {
+    fn marks(&self) -> std::sync::MutexGuard<'_, Marks> {
+        self.marks.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 struct Queue {
@@ -508,6 +578,16 @@ impl Entry {
         if let Some(durable) = &self.durable {
             durable.stop().await;
         }
+        // An enable or disable the runner had no round left to save.
+        if let Some(p) = &self.core.persisted {
+            if let Err(err) = self.core.save_enabled(p).await {
+                tracing::error!(
+                    subscriber = %self.core.name,
+                    error = %err,
+                    "durable subscriber could not save its enabled state"
+                );
+            }
+        }
         let Some(queue) = &self.queue else { return };
         queue.sender.store(None);
         let worker = queue
@@ -546,6 +626,89 @@ impl Core {
     fn stop(&self, reason: String) {
         *self.stop_reason.lock().unwrap_or_else(|p| p.into_inner()) = Some(reason);
         self.state.store(STOPPED, Ordering::Release);
+    }
+
+    /// Enables (also a stopped subscriber) or disables it here; for a
+    /// durable subscriber, counts a change for the store.
+    fn set_enabled(&self, enabled: bool) {
+        let change = || {
+            if enabled {
+                *self.stop_reason.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                self.state.store(ENABLED, Ordering::Release);
+            } else {
+                self.state.store(DISABLED, Ordering::Release);
+            }
+        };
+        match &self.persisted {
+            Some(p) => {
+                // The state and the count change together, so that a runner
+                // that looked at the store meanwhile does not undo it.
+                let mut marks = p.marks();
+                change();
+                marks.changes += 1;
+            }
+            None => change(),
+        }
+    }
+
+    /// Saves the state here unless the store has every change already.
+    async fn save_enabled(&self, p: &Persisted) -> Result<(), StoreError> {
+        let _saving = p.saving.lock().await;
+        let (changes, enabled) = {
+            let marks = p.marks();
+            if marks.saved == marks.changes {
+                return Ok(());
+            }
+            (
+                marks.changes,
+                self.state.load(Ordering::Acquire) != DISABLED,
+            )
+        };
+        p.store.save_enabled(&self.name, enabled).await?;
+        let mut marks = p.marks();
+        marks.saved = marks.saved.max(changes);
+        Ok(())
+    }
+
+    /// The runner's look at the stored state: saves the changes made here,
+    /// or follows the store.
+    async fn look_at_store(&self, p: &Persisted) -> Result<(), StoreError> {
+        let before = {
+            let marks = p.marks();
+            (marks.saved == marks.changes).then_some(marks.changes)
+        };
+        let Some(before) = before else {
+            return self.save_enabled(p).await;
+        };
+        // Nothing saved yet: the state the subscriber was added with holds.
+        // (Saving it here could overwrite a disable another process saved
+        // after this load.)
+        let Some(enabled) = p.store.load_enabled(&self.name).await? else {
+            return Ok(());
+        };
+        let marks = p.marks();
+        if marks.changes != before || marks.saved != before {
+            // Changed here while we looked: that change is newer.
+            return Ok(());
+        }
+        let (from, to) = if enabled {
+            (DISABLED, ENABLED)
+        } else {
+            (ENABLED, DISABLED)
+        };
+        // A stopped subscriber stays stopped until enabled here.
+        if self
+            .state
+            .compare_exchange(from, to, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+        {
+            tracing::info!(
+                subscriber = %self.name,
+                enabled,
+                "durable subscriber follows the enabled state saved in the store"
+            );
+        }
+        Ok(())
     }
 
     /// Runs the whole stack; a panic that escapes it becomes an error.
@@ -694,6 +857,32 @@ impl Deliver for Core {
 
     fn is_enabled(&self) -> bool {
         Core::is_enabled(self)
+    }
+
+    async fn refresh_enabled(&self) -> bool {
+        let Some(p) = &self.persisted else {
+            return self.is_enabled();
+        };
+        // Another worker of a competing subscriber is looking.
+        let Ok(mut looked) = p.looked.try_lock() else {
+            return self.is_enabled();
+        };
+        let unsaved = {
+            let marks = p.marks();
+            marks.saved != marks.changes
+        };
+        let now = tokio::time::Instant::now();
+        if unsaved || looked.is_none_or(|at| now.duration_since(at) >= p.every) {
+            *looked = Some(now);
+            if let Err(err) = self.look_at_store(p).await {
+                tracing::error!(
+                    subscriber = %self.name,
+                    error = %err,
+                    "durable subscriber could not sync its enabled state with the store"
+                );
+            }
+        }
+        self.is_enabled()
     }
 
     async fn deliver_durable(
@@ -1089,24 +1278,91 @@ impl Bus {
 
     /// Stops delivering new events to a subscriber.
     ///
+    /// It takes effect here at once: an async subscriber still handles what
+    /// is queued, a durable one stops before the next event of its batch.
+    ///
+    /// # Persistence
+    ///
+    /// A durable subscriber's enabled state is kept in the store
+    /// ([`CheckpointStore::save_enabled`]), so it stays disabled after a
+    /// restart, and every process running it (competing members included)
+    /// stops too, within its poll interval; the events published meanwhile
+    /// wait in the store, and are delivered once it is enabled again. This
+    /// call is sync, so the subscriber's runner saves the change on its next
+    /// round (retrying while the store fails, and once more when the bus
+    /// shuts down); use [`set_enabled`](Self::set_enabled) to wait until it
+    /// is saved. A durable subscriber starting up looks at the stored state
+    /// before it delivers anything (its [`SubscriberInfo::state`] shows the
+    /// state it was added with until then). A subscriber stopped by its
+    /// handler stays stopped until enabled in its own process. Inline and
+    /// async subscribers are only disabled in this bus.
+    ///
     /// # Errors
     ///
     /// [`UnknownSubscriber`] when no subscriber has this name.
     pub fn disable(&self, name: &str) -> Result<(), UnknownSubscriber> {
-        self.inner
-            .with_core(name, |c| c.state.store(DISABLED, Ordering::Release))
+        self.inner.with_core(name, |c| c.set_enabled(false))
     }
 
     /// Delivers new events to a disabled or stopped subscriber again.
+    ///
+    /// A durable subscriber's state is saved as for
+    /// [`disable`](Self::disable), and it then receives what it missed.
     ///
     /// # Errors
     ///
     /// [`UnknownSubscriber`] when no subscriber has this name.
     pub fn enable(&self, name: &str) -> Result<(), UnknownSubscriber> {
-        self.inner.with_core(name, |c| {
-            *c.stop_reason.lock().unwrap_or_else(|p| p.into_inner()) = None;
-            c.state.store(ENABLED, Ordering::Release);
-        })
+        self.inner.with_core(name, |c| c.set_enabled(true))
+    }
+
+    /// Enables or disables a subscriber as [`enable`](Self::enable) and
+    /// [`disable`](Self::disable) do, and for a durable subscriber returns
+    /// once the store has the new state: after `Ok`, a restart keeps it and
+    /// the other processes follow it within their poll interval.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use herald::store::{CheckpointStore, MemoryStore};
+    /// use herald::{handler_fn, Bus, DeliveryMode, Subscriber, SubscriberState};
+    /// use std::sync::Arc;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let store = Arc::new(MemoryStore::new());
+    /// let bus = Bus::builder().store(Arc::clone(&store)).build();
+    /// bus.subscribe(
+    ///     Subscriber::new("projector", handler_fn(|_, _| async { Ok(()) }))
+    ///         .topic("order.*")
+    ///         .mode(DeliveryMode::Durable),
+    /// )
+    /// .unwrap();
+    /// bus.set_enabled("projector", false).await.unwrap();
+    /// assert_eq!(bus.subscriber("projector").unwrap().state, SubscriberState::Disabled);
+    /// assert_eq!(store.load_enabled("projector").await.unwrap(), Some(false));
+    /// bus.shutdown().await;
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`DurableError::UnknownSubscriber`] when no subscriber has this name;
+    /// [`DurableError::Store`] when the store failed: the state has changed
+    /// here all the same, and the runner keeps trying to save it.
+    pub async fn set_enabled(&self, name: &str, enabled: bool) -> Result<(), DurableError> {
+        let core = self
+            .inner
+            .read_registry()
+            .entries
+            .iter()
+            .find(|e| &*e.core.name == name)
+            .map(|e| Arc::clone(&e.core))
+            .ok_or_else(|| DurableError::UnknownSubscriber(name.to_owned()))?;
+        core.set_enabled(enabled);
+        if let Some(p) = &core.persisted {
+            core.save_enabled(p).await?;
+        }
+        Ok(())
     }
 
     /// The subscribers, in subscription order.
@@ -1549,7 +1805,7 @@ impl BusInner {
                 subscriber: name,
                 bus: self.this.clone(),
             }),
-            state: AtomicU8::new(ENABLED),
+            state: AtomicU8::new(if sub.enabled { ENABLED } else { DISABLED }),
             stop_reason: Mutex::new(None),
             propagate,
             dead_letters,
@@ -1558,6 +1814,16 @@ impl BusInner {
             skipped: AtomicU64::new(0),
             failed: AtomicU64::new(0),
             dead_lettered: AtomicU64::new(0),
+            persisted: match (sub.mode, &self.store) {
+                (DeliveryMode::Durable, Some(store)) => Some(Persisted {
+                    store: Arc::clone(&store.checkpoints),
+                    every: sub.poll_interval,
+                    marks: Mutex::new(Marks::default()),
+                    saving: tokio::sync::Mutex::new(()),
+                    looked: tokio::sync::Mutex::new(None),
+                }),
+                _ => None,
+            },
         });
 
         let mut reg = self.write_registry();

@@ -120,6 +120,9 @@ pub(crate) enum Settled {
 pub(crate) trait Deliver: Send + Sync + 'static {
     fn name(&self) -> &str;
     fn is_enabled(&self) -> bool;
+    /// Syncs the enabled state with the store (saving changes made here,
+    /// following changes made elsewhere), then says whether it is enabled.
+    fn refresh_enabled(&self) -> impl std::future::Future<Output = bool> + Send;
     /// Delivers attempt `attempt` (from 1) of `event`; `history` holds the
     /// errors of the attempts before, and gets this one's.
     fn deliver_durable(
@@ -634,6 +637,27 @@ impl<'a> Pipeline<'a> {
     }
 }
 
+/// Runs `work` (a read, a save) while the deliveries in flight go on,
+/// keeping what they come to in `landed`.
+///
+/// Deliveries are futures of this loop, not tasks: left unpolled while the
+/// loop waits for the store, one holding a pooled connection would keep
+/// the loop's own store call waiting for it, and the two would wait for
+/// each other.
+async fn alongside<T>(
+    flying: &mut FuturesUnordered<Flight<'_>>,
+    landed: &mut Vec<(Arc<str>, Queued, Settled)>,
+    work: impl Future<Output = T>,
+) -> T {
+    let mut work = std::pin::pin!(work);
+    loop {
+        tokio::select! {
+            out = &mut work => return out,
+            Some(done) = flying.next(), if !flying.is_empty() => landed.push(done),
+        }
+    }
+}
+
 /// The read, deliver and save loop, from `checkpoint`, until a stop (or,
 /// for a partition, until its lease is lost).
 ///
@@ -692,7 +716,12 @@ pub(crate) async fn drive<D: Deliver>(
             let _ = done.send(());
             continue;
         }
-        if !core.is_enabled() {
+        let mut landed = Vec::new();
+        let enabled = alongside(&mut pipeline.flying, &mut landed, core.refresh_enabled()).await;
+        for (stream, item, settled) in landed.drain(..) {
+            pipeline.land(stream, item, settled, &mut failures);
+        }
+        if !enabled {
             let settled = pipeline.drain(read_to, &mut failures).await;
             if settled > checkpoint {
                 if !place.save(settled, &mut stop).await {
@@ -709,7 +738,17 @@ pub(crate) async fn drive<D: Deliver>(
             continue;
         }
         if !caught_up && pipeline.unsettled.len() < window {
-            match read_next(store, settings, read_to, window - pipeline.unsettled.len()).await {
+            let want = window - pipeline.unsettled.len();
+            let read = alongside(
+                &mut pipeline.flying,
+                &mut landed,
+                read_next(store, settings, read_to, want),
+            )
+            .await;
+            for (stream, item, settled) in landed.drain(..) {
+                pipeline.land(stream, item, settled, &mut failures);
+            }
+            match read {
                 Ok((events, last)) => {
                     caught_up = last <= read_to;
                     for event in events {
@@ -741,7 +780,16 @@ pub(crate) async fn drive<D: Deliver>(
                 || settled - checkpoint >= window as u64
                 || last_save.elapsed() >= SAVE_AFTER)
         {
-            if !place.save(settled, &mut stop).await {
+            let saved = alongside(
+                &mut pipeline.flying,
+                &mut landed,
+                place.save(settled, &mut stop),
+            )
+            .await;
+            for (stream, item, settled) in landed.drain(..) {
+                pipeline.land(stream, item, settled, &mut failures);
+            }
+            if !saved {
                 return;
             }
             checkpoint = settled;

@@ -126,6 +126,14 @@ impl CheckpointStore for TempStore {
     async fn reset(&self, subscriber: &str) -> Result<(), StoreError> {
         self.store.reset(subscriber).await
     }
+
+    async fn load_enabled(&self, subscriber: &str) -> Result<Option<bool>, StoreError> {
+        self.store.load_enabled(subscriber).await
+    }
+
+    async fn save_enabled(&self, subscriber: &str, enabled: bool) -> Result<(), StoreError> {
+        self.store.save_enabled(subscriber, enabled).await
+    }
 }
 
 #[async_trait]

@@ -62,6 +62,8 @@ pub struct MemoryStore {
     state: Arc<RwLock<State>>,
     head: Arc<watch::Sender<u64>>,
     checkpoints: Arc<std::sync::Mutex<HashMap<String, u64>>>,
+    /// Whether each subscriber is enabled, for buses sharing the store.
+    enabled: Arc<std::sync::Mutex<HashMap<String, bool>>>,
     groups: Arc<std::sync::Mutex<HashMap<String, Group>>>,
 }
 
@@ -120,6 +122,7 @@ impl MemoryStore {
             state: Arc::new(RwLock::new(State::default())),
             head: Arc::new(watch::channel(0).0),
             checkpoints: Arc::default(),
+            enabled: Arc::default(),
             groups: Arc::default(),
         }
     }
@@ -543,6 +546,19 @@ impl CheckpointStore for MemoryStore {
 
     async fn reset(&self, subscriber: &str) -> Result<(), StoreError> {
         self.checkpoints().remove(subscriber);
+        Ok(())
+    }
+
+    async fn load_enabled(&self, subscriber: &str) -> Result<Option<bool>, StoreError> {
+        let enabled = self.enabled.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(enabled.get(subscriber).copied())
+    }
+
+    async fn save_enabled(&self, subscriber: &str, enabled: bool) -> Result<(), StoreError> {
+        self.enabled
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(subscriber.to_owned(), enabled);
         Ok(())
     }
 }

@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 
 use herald::store::{LeaseStore, MemoryStore, partition_of};
 use herald::{
-    Bus, ConfigError, DeliveryMode, NewEvent, ReplayFrom, SubscribeError, Subscriber, handler_fn,
+    Bus, ConfigError, DeliveryMode, NewEvent, ReplayFrom, SubscribeError, Subscriber,
+    SubscriberState, handler_fn,
 };
 use serde_json::json;
 
@@ -289,4 +290,66 @@ async fn a_member_whose_leases_are_taken_stops_working_on_them() {
     for (stream, versions) in versions_by_stream(&handled) {
         assert_eq!(versions, (0..10).collect::<Vec<_>>(), "stream {stream}");
     }
+}
+
+/// A disable through one member stops every member's workers (they look at
+/// the state in the store each round); the events published meanwhile wait,
+/// and an enable through another member has them handled, each once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_disable_through_one_member_stops_the_whole_group_until_enabled() {
+    let store = Arc::new(MemoryStore::new());
+    let log = Log::default();
+    let (a, b) = (bus_on(&store), bus_on(&store));
+    join(&a, "a", &log);
+    join(&b, "b", &log);
+    until("the partitions are spread evenly", || {
+        owned(&a).len() == 4 && owned(&b).len() == 4
+    })
+    .await;
+
+    a.set_enabled(NAME, false).await.unwrap();
+    until("member b follows the disable", || {
+        b.subscriber(NAME).unwrap().state == SubscriberState::Disabled
+    })
+    .await;
+    publish(&a, 10, 3, "paused").await;
+    // A solo subscriber on the same store shows the events were there to
+    // be delivered.
+    let witness = Arc::new(Mutex::new(0usize));
+    let seen = Arc::clone(&witness);
+    a.subscribe(
+        Subscriber::new(
+            "witness",
+            handler_fn(move |_, _| {
+                let seen = Arc::clone(&seen);
+                async move {
+                    *seen.lock().unwrap() += 1;
+                    Ok(())
+                }
+            }),
+        )
+        .topic("work.#")
+        .mode(DeliveryMode::Durable)
+        .poll_interval(Duration::from_millis(50)),
+    )
+    .unwrap();
+    until("the witness handled the 30", || {
+        *witness.lock().unwrap() == 30
+    })
+    .await;
+    assert!(log.all().is_empty(), "a disabled group handled events");
+
+    b.set_enabled(NAME, true).await.unwrap();
+    until("every event is handled", || log.all().len() >= 30).await;
+    a.shutdown().await;
+    b.shutdown().await;
+    let handled = log.all();
+    let ids: HashSet<_> = handled.iter().map(|h| h.3).collect();
+    assert_eq!(handled.len(), 30);
+    assert_eq!(ids.len(), 30, "an event was handled twice");
+    assert_eq!(
+        a.subscriber(NAME).unwrap().state,
+        SubscriberState::Enabled,
+        "member a followed the enable"
+    );
 }

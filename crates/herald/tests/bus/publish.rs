@@ -178,6 +178,30 @@ async fn invalid_event_types_are_rejected_and_delivered_nowhere() {
 }
 
 #[tokio::test]
+async fn a_subscriber_added_disabled_receives_nothing_until_enabled() {
+    let bus = Bus::new();
+    let seen = Seen::default();
+    bus.subscribe(
+        Subscriber::new("late", seen.clone())
+            .topic("x.*")
+            .disabled(),
+    )
+    .unwrap();
+    assert_eq!(
+        bus.subscriber("late").unwrap().state,
+        SubscriberState::Disabled
+    );
+    bus.publish("x.one", json!({})).await.unwrap();
+    bus.set_enabled("late", true).await.unwrap();
+    bus.publish("x.two", json!({})).await.unwrap();
+    assert_eq!(seen.types(), ["x.two"]);
+    assert!(matches!(
+        bus.set_enabled("nobody", false).await,
+        Err(herald::DurableError::UnknownSubscriber(name)) if name == "nobody"
+    ));
+}
+
+#[tokio::test]
 async fn subscribers_can_be_listed_disabled_enabled_and_removed() {
     let bus = Bus::new();
     let a = Seen::default();
