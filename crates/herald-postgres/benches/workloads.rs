@@ -15,8 +15,10 @@
 //!   checkpoint 0 until its saved checkpoint reaches the head.
 //!
 //! Run with `cargo bench -p herald-postgres --bench workloads -- --n 20000
-//! --batch 100 --run 1` (these are the defaults). Uses the database of
-//! `HERALD_TEST_POSTGRES_URL` (default: the local test database).
+//! --batch 100 --run 1` (these are the defaults); `--notify 0` turns the
+//! store's after-append notifications off, to measure what they cost. Uses
+//! the database of `HERALD_TEST_POSTGRES_URL` (default: the local test
+//! database).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -81,6 +83,7 @@ fn main() {
     let n = arg("n", 20_000);
     let batch = arg("batch", 100);
     let run = arg("run", 1);
+    let notify = arg("notify", 1) != 0;
     assert!(
         batch > 0 && n % batch == 0,
         "--n must be a multiple of --batch"
@@ -96,7 +99,7 @@ fn main() {
             .as_secs();
         let schema = format!("herald_bench_{secs}_{:08x}", rand::random::<u32>());
         let store = Arc::new(
-            PgStore::connect(PgConfig::new(url()).schema(schema.clone()))
+            PgStore::connect(PgConfig::new(url()).schema(schema.clone()).notify(notify))
                 .await
                 .unwrap_or_else(|e| {
                     panic!("PostgreSQL is not reachable (set HERALD_TEST_POSTGRES_URL): {e}")
@@ -175,6 +178,7 @@ fn main() {
             "n": n,
             "batch": batch,
             "read_n": 2 * n,
+            "notify": notify,
             "eps": {
                 "append_1": append_1,
                 "append_b": append_b,
