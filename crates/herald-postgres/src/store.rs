@@ -885,7 +885,15 @@ impl Filter {
     }
 
     fn new(query: &ReadAll) -> Self {
-        let (exact, wild): (Vec<_>, Vec<_>) = query.topics.iter().partition(|t| t.is_exact());
+        // `#` matches every type: with it, the topics filter nothing, and
+        // the read takes the cheaper unfiltered query when nothing else is
+        // asked.
+        let topics: &[_] = if query.topics.iter().any(|t| t.as_str() == "#") {
+            &[]
+        } else {
+            &query.topics
+        };
+        let (exact, wild): (Vec<_>, Vec<_>) = topics.iter().partition(|t| t.is_exact());
         Self {
             exact: exact.iter().map(|t| t.as_str().to_owned()).collect(),
             regexes: wild.iter().map(|t| pattern_regex(t.as_str())).collect(),

@@ -599,6 +599,18 @@ async fn topic_filters_in_sql_match_as_topic_patterns_do() {
             .collect();
         assert_eq!(got, want, "pattern {pattern}");
     }
+    // `#` beside other patterns still matches every type.
+    let got: Vec<String> = store
+        .read_all(
+            ReadAll::after(0)
+                .topic(TopicPattern::parse("a.b").unwrap())
+                .topic(TopicPattern::parse("#").unwrap()),
+        )
+        .map_ok(|e| e.event_type().to_owned())
+        .try_collect()
+        .await
+        .unwrap();
+    assert_eq!(got, types, "patterns a.b and #");
 }
 
 /// Polls until `bus`'s subscriber `name` is in `state`.
