@@ -471,10 +471,6 @@ impl Place {
     }
 }
 
-/// How long handled events may wait for their checkpoint to be saved
-/// while others are in flight.
-const SAVE_AFTER: Duration = Duration::from_millis(50);
-
 /// One event waiting in its stream's queue: how many attempts it had, and
 /// their errors (for the dead letter when the policy gives up).
 struct Queued {
@@ -771,14 +767,14 @@ pub(crate) async fn drive<D: Deliver>(
         }
         pipeline.launch(core, settings.concurrency.max(1), place.fence());
         let settled = pipeline.settled(read_to);
-        // Saved when the pipeline is empty, a batch further on, or a
-        // moment after the last save: what was handled since is delivered
-        // again after a crash, or by the next owner of a partition whose
-        // lease lapsed.
+        // Saved when the pipeline is empty, a batch further on, or a poll
+        // interval after the last save: what was handled since is
+        // delivered again after a crash, or by the next owner of a
+        // partition whose lease lapsed.
         if settled > checkpoint
             && (pipeline.is_empty()
                 || settled - checkpoint >= window as u64
-                || last_save.elapsed() >= SAVE_AFTER)
+                || last_save.elapsed() >= settings.poll_interval)
         {
             let saved = alongside(
                 &mut pipeline.flying,
