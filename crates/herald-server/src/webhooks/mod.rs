@@ -513,13 +513,20 @@ async fn set_enabled(state: &AppState, name: &str, enabled: bool) -> Result<Json
         }
         let bus_name = subscriber_name(name);
         let running = state.bus.subscriber(&bus_name).is_some();
-        if !enabled {
-            // A subscription that is not running has only its stored status
-            // to change.
-            let _ = state.bus.disable(&bus_name);
-        } else if running {
-            let _ = state.bus.enable(&bus_name);
-        } else {
+        let persist = |err: herald::DurableError| {
+            Problem::internal(format!(
+                "subscription {name:?} changed, but its subscriber's state was not saved: {err}"
+            ))
+        };
+        if running {
+            // Saved in the store's subscriber state too, which the runner
+            // follows after a restart.
+            state
+                .bus
+                .set_enabled(&bus_name, enabled)
+                .await
+                .map_err(persist)?;
+        } else if enabled {
             // Disabled when the server started: it joins the bus now.
             let sealer = Sealer::load_or_create(&*state.backend.checkpoints())
                 .await
@@ -530,6 +537,12 @@ async fn set_enabled(state: &AppState, name: &str, enabled: bool) -> Result<Json
                     "subscription {name:?} is enabled but could not start: {e}"
                 ))
             })?;
+            // The store may still hold the state it was disabled with.
+            state
+                .bus
+                .set_enabled(&bus_name, true)
+                .await
+                .map_err(persist)?;
         }
         tracing::info!(subscription = %name, enabled, "webhook subscription changed");
         return Ok(Json(view(state, stored).await?));
