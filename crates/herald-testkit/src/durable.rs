@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use herald::store::{CheckpointStore, EventStore, ReadStream, StreamName};
 use herald::{
-    Bus, DeliveryMode, EventId, HandlerError, NewEvent, RecordedEvent, ReplayFrom, RetryPolicy,
-    StartFrom, Subscriber, SubscriberState, handler_fn,
+    Bus, DeliveryMode, EventId, HandlerError, NewEvent, RecordedEvent, ReplayFrom, StartFrom,
+    Subscriber, SubscriberState, handler_fn,
 };
 use serde_json::json;
 use tokio::sync::Notify;
@@ -35,8 +35,6 @@ macro_rules! durable_conformance {
             durable_delivery_misses_nothing_from_concurrent_publishers,
             replay_delivers_events_again_from_a_position_a_time_or_the_start,
             the_checkpoint_moves_past_events_the_subscriber_does_not_match,
-            a_retrying_event_holds_up_only_its_own_stream,
-            retries_that_give_up_dead_letter_the_event_with_every_attempt,
             a_disabled_durable_subscriber_stays_disabled_after_a_restart_and_catches_up_when_enabled,
             disabling_a_durable_subscriber_on_one_bus_stops_it_on_another_sharing_the_store,
             a_durable_subscriber_added_disabled_receives_nothing_until_enabled,
@@ -856,151 +854,5 @@ pub async fn a_durable_subscriber_added_disabled_receives_nothing_until_enabled<
             .expect("load state"),
         Some(true),
         "the enable was saved by the time the bus shut down"
-    );
-}
-
-/// A durable subscriber with one delivery slot whose event keeps failing
-/// and being retried: the other streams' events still arrive, across
-/// several batches, while it waits; its own stream's next event waits
-/// behind it; and the checkpoint passes both once they are handled.
-pub async fn a_retrying_event_holds_up_only_its_own_stream<S: EventStore + CheckpointStore>(
-    store: Arc<S>,
-) {
-    const OTHERS: u64 = 25;
-    let bus = bus_on(&store);
-    let log = Log::default();
-    let inner = log.clone();
-    let attempts = Arc::new(AtomicU32::new(0));
-    let tries = Arc::clone(&attempts);
-    bus.subscribe(
-        Subscriber::new(
-            "patient",
-            handler_fn(move |event, _| {
-                let (log, tries) = (inner.clone(), Arc::clone(&tries));
-                async move {
-                    let stuck = event.stream() == Some("stuck");
-                    let others = log
-                        .events()
-                        .iter()
-                        .filter(|e| e.stream() != Some("stuck"))
-                        .count() as u64;
-                    // The first event of the stuck stream fails until every
-                    // other stream's event was handled: a runner that let it
-                    // hold up the others would never get there.
-                    if stuck && n_of(&event) == 0 && others < OTHERS {
-                        tries.fetch_add(1, Ordering::SeqCst);
-                        return Err(HandlerError::retry("not yet"));
-                    }
-                    log.push(event);
-                    Ok(())
-                }
-            }),
-        )
-        .topic("#")
-        .mode(DeliveryMode::Durable)
-        .batch_size(10)
-        .retry(RetryPolicy::fixed(Duration::from_millis(20), 10_000))
-        .poll_interval(Duration::from_millis(50)),
-    )
-    .expect("subscribe");
-    for n in 0..2 {
-        bus.publish_new(NewEvent::new("order.created", json!({ "n": n })).in_stream("stuck"))
-            .await
-            .expect("publish");
-    }
-    for n in 0..OTHERS {
-        bus.publish_new(
-            NewEvent::new("order.created", json!({ "n": n })).in_stream(format!("other-{n}")),
-        )
-        .await
-        .expect("publish");
-    }
-    log.until("every event arrived", |e| e.len() as u64 == OTHERS + 2)
-        .await;
-    let events = log.events();
-    let stuck: Vec<u64> = events
-        .iter()
-        .filter(|e| e.stream() == Some("stuck"))
-        .map(n_of)
-        .collect();
-    assert_eq!(stuck, [0, 1], "the stuck stream keeps its order");
-    let first_stuck = events
-        .iter()
-        .position(|e| e.stream() == Some("stuck"))
-        .expect("the stuck stream's event");
-    assert_eq!(
-        first_stuck as u64, OTHERS,
-        "the other streams went first, while the stuck event waited"
-    );
-    assert!(attempts.load(Ordering::SeqCst) >= 1);
-    let head = store.head().await.unwrap();
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    while store.load("patient").await.unwrap() != Some(head) {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the checkpoint did not reach the head"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    bus.shutdown().await;
-    assert!(
-        bus.dead_letters(&Default::default())
-            .await
-            .unwrap()
-            .is_empty()
-    );
-}
-
-/// When the retry policy gives up, the event is dead-lettered once, with
-/// each attempt's error, and the checkpoint moves past it.
-pub async fn retries_that_give_up_dead_letter_the_event_with_every_attempt<
-    S: EventStore + CheckpointStore,
->(
-    store: Arc<S>,
-) {
-    let bus = bus_on(&store);
-    let log = Log::default();
-    let inner = log.clone();
-    bus.subscribe(
-        Subscriber::new(
-            "doomed",
-            handler_fn(move |event, ctx| {
-                let log = inner.clone();
-                async move {
-                    if n_of(&event) == 0 {
-                        return Err(HandlerError::retry(format!("attempt {}", ctx.attempt())));
-                    }
-                    log.push(event);
-                    Ok(())
-                }
-            }),
-        )
-        .topic("#")
-        .mode(DeliveryMode::Durable)
-        .retry(RetryPolicy::fixed(Duration::from_millis(5), 3))
-        .poll_interval(Duration::from_millis(50)),
-    )
-    .expect("subscribe");
-    for n in 0..2 {
-        bus.publish_new(NewEvent::new("order.created", json!({ "n": n })).in_stream("doomed-1"))
-            .await
-            .expect("publish");
-    }
-    log.until("the next event of the stream arrived", |e| e.len() == 1)
-        .await;
-    let letters = bus.dead_letters(&Default::default()).await.unwrap();
-    assert_eq!(letters.len(), 1);
-    assert_eq!(letters[0].subscriber, "doomed");
-    assert_eq!(letters[0].attempts, 3);
-    let messages: Vec<&str> = letters[0]
-        .errors
-        .iter()
-        .map(|e| e.message.as_str())
-        .collect();
-    assert_eq!(messages, ["attempt 1", "attempt 2", "attempt 3"]);
-    bus.shutdown().await;
-    assert_eq!(
-        store.load("doomed").await.unwrap(),
-        Some(store.head().await.unwrap())
     );
 }

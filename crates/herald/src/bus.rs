@@ -474,9 +474,6 @@ struct Core {
     stop_reason: Mutex<Option<String>>,
     propagate: bool,
     dead_letters: Option<Arc<dyn DeadLetterStore>>,
-    /// For a durable subscriber, its retry policy: the runner retries and
-    /// parks, not the stack.
-    durable_retry: Option<RetryPolicy>,
     handled: AtomicU64,
     skipped: AtomicU64,
     failed: AtomicU64,
@@ -750,9 +747,7 @@ impl Core {
             span.in_scope(call)
         };
         match (result, &self.dead_letters) {
-            (Err(err), Some(store)) if self.durable_retry.is_none() => {
-                Box::pin(park(&**store, event, ctx, err)).await
-            }
+            (Err(err), Some(store)) => Box::pin(park(&**store, event, ctx, err)).await,
             (result, _) => result,
         }
     }
@@ -885,63 +880,24 @@ impl Deliver for Core {
         self.is_enabled()
     }
 
-    async fn deliver_durable(
-        &self,
-        event: &RecordedEvent,
-        attempt: u32,
-        history: &mut Vec<AttemptError>,
-    ) -> Settled {
-        let ctx = Context::for_delivery(&self.ctx, event).with_attempt(attempt);
-        let mut err = match self.attempt(event, &ctx).await {
+    async fn deliver_durable(&self, event: &RecordedEvent) -> Settled {
+        let ctx = Context::for_delivery(&self.ctx, event);
+        match self.attempt(event, &ctx).await {
             Ok(()) => {
                 self.handled.fetch_add(1, Ordering::Relaxed);
-                return Settled::Done;
+                Settled::Done
             }
-            Err(err) => err,
-        };
-        if err.disposition() == Disposition::Skip {
-            let _ = self.failed_with(event, err);
-            return Settled::Done;
-        }
-        let inner = err.take_history();
-        if inner.is_empty() {
-            history.push(AttemptError::new(attempt, &err));
-        } else {
-            history.extend(inner);
-        }
-        if let Some(policy) = &self.durable_retry {
-            if policy.should_retry(attempt, &err) {
-                let delay = match err.disposition() {
-                    Disposition::Retry { after: Some(after) } => after,
-                    _ => policy.delay(attempt, true),
-                };
-                tracing::warn!(
-                    event_id = %event.id(),
-                    event_type = event.event_type(),
-                    subscriber = %self.name,
-                    attempt,
-                    error = %err,
-                    retry_in = ?delay,
-                    "handler failed, will retry"
-                );
-                return Settled::RetryAfter(delay);
+            Err(err) => {
+                let parked =
+                    err.dead_letter_id().is_some() || err.disposition() == Disposition::Skip;
+                // Durable subscribers never propagate: there is no caller.
+                let _ = self.failed_with(event, err);
+                if parked {
+                    Settled::Done
+                } else {
+                    Settled::Pending
+                }
             }
-        }
-        let err = err.with_history(std::mem::take(history));
-        let err = match &self.dead_letters {
-            Some(store) => match Box::pin(park(&**store, event, &ctx, err)).await {
-                Ok(()) => return Settled::Done,
-                Err(err) => err,
-            },
-            None => err,
-        };
-        let parked = err.dead_letter_id().is_some();
-        // Durable subscribers never propagate: there is no caller.
-        let _ = self.failed_with(event, err);
-        if parked {
-            Settled::Done
-        } else {
-            Settled::Pending
         }
     }
 }
@@ -1464,17 +1420,6 @@ impl Bus {
             }
             Err(err) => {
                 let error = err.to_string();
-                // A durable subscriber's stack does not park (its runner
-                // does): update the dead letter here.
-                let err = match &core.durable_retry {
-                    Some(_) if err.dead_letter_id().is_none() => {
-                        match Box::pin(park(&**store, &letter.event, &ctx, err)).await {
-                            Ok(()) => return Ok(RetryOutcome::Handled),
-                            Err(err) => err,
-                        }
-                    }
-                    _ => err,
-                };
                 let _ = core.failed_with(&letter.event, err);
                 Ok(RetryOutcome::Failed {
                     error,
@@ -1715,15 +1660,10 @@ impl BusInner {
             .iter()
             .map(|t| TopicPattern::parse(t))
             .collect::<Result<Vec<_>, _>>()?;
-        // A durable subscriber's runner applies its retry policy and parks
-        // what the policy gives up on, so that a retry's wait holds up only
-        // its own stream: its stack has neither layer.
-        let durable_retry = (sub.mode == DeliveryMode::Durable).then(|| sub.retry.clone());
         let retry = match sub.retry.attempts() {
             1 => None,
             _ => Some(RetryLayer::new(sub.retry)?),
         };
-        let retry = if durable_retry.is_some() { None } else { retry };
 
         if sub.concurrency == 0 {
             return Err(crate::ConfigError::Zero("concurrency").into());
@@ -1789,10 +1729,7 @@ impl BusInner {
             retry,
             timeout: sub.timeout.map(TimeoutLayer::new),
             ledger: sub.ledger.map(IdempotencyLayer::new),
-            dead_letters: dead_letters
-                .clone()
-                .filter(|_| durable_retry.is_none())
-                .map(DeadLetterLayer::new),
+            dead_letters: dead_letters.clone().map(DeadLetterLayer::new),
             layers: sub.layers,
             bus_layers: self.layers.clone(),
         });
@@ -1809,7 +1746,6 @@ impl BusInner {
             stop_reason: Mutex::new(None),
             propagate,
             dead_letters,
-            durable_retry,
             handled: AtomicU64::new(0),
             skipped: AtomicU64::new(0),
             failed: AtomicU64::new(0),

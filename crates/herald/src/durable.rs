@@ -10,22 +10,10 @@
 //!
 //! # Ordering
 //!
-//! One stream's events arrive in its order, one at a time. With
-//! concurrency 1, events arrive in global position order; with more,
-//! different streams run at the same time, up to the concurrency.
-//!
-//! # Retries
-//!
-//! The runner, not a middleware, applies a durable subscriber's
-//! [`RetryPolicy`](crate::RetryPolicy): a failed event waits for its delay
-//! without holding a delivery slot, and only its own stream waits behind
-//! it; the other streams' events keep going (reading runs up to one batch
-//! of unsettled events ahead of the checkpoint). When the policy gives up,
-//! the event goes to the dead letters with every attempt's error, and the
-//! checkpoint passes it. The checkpoint never passes an event that is
-//! waiting for a retry, so a crash delivers it again; its attempt count
-//! then starts again from one (the count is kept in memory, the event in
-//! the log).
+//! With concurrency 1, events arrive in global position order. With more,
+//! the events of a batch are split into lanes by stream, each lane in
+//! position order: one stream's events keep their order, different streams
+//! run at the same time.
 //!
 //! # Competing consumers
 //!
@@ -41,21 +29,17 @@
 //! times: cheap next to the handlers' own work for a few dozen partitions,
 //! and the price of needing no partition column in the store.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
-use std::future::Future;
-use std::pin::Pin;
+use std::hash::{BuildHasher, BuildHasherDefault};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures_util::stream::FuturesUnordered;
-use futures_util::{FutureExt, StreamExt, TryStreamExt};
+use futures_util::TryStreamExt;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 use crate::competing::{Coordinator, GroupSettings, GroupShared, group_checkpoint};
-use crate::error::AttemptError;
 use crate::event::RecordedEvent;
 use crate::store::{
     CheckpointStore, EventStore, Lease, LeaseStore, ReadAll, StoreError, partition_of,
@@ -108,9 +92,6 @@ pub(crate) struct DurableSettings {
 pub(crate) enum Settled {
     /// Handled, skipped or dead-lettered: the checkpoint may pass it.
     Done,
-    /// Failed, and the subscriber's retry policy tries it again after this
-    /// delay; its stream waits meanwhile, the others go on.
-    RetryAfter(Duration),
     /// Failed without being parked, or the subscriber stopped: it must be
     /// delivered again.
     Pending,
@@ -123,13 +104,9 @@ pub(crate) trait Deliver: Send + Sync + 'static {
     /// Syncs the enabled state with the store (saving changes made here,
     /// following changes made elsewhere), then says whether it is enabled.
     fn refresh_enabled(&self) -> impl std::future::Future<Output = bool> + Send;
-    /// Delivers attempt `attempt` (from 1) of `event`; `history` holds the
-    /// errors of the attempts before, and gets this one's.
     fn deliver_durable(
         &self,
         event: &RecordedEvent,
-        attempt: u32,
-        history: &mut Vec<AttemptError>,
     ) -> impl std::future::Future<Output = Settled> + Send;
 }
 
@@ -471,196 +448,8 @@ impl Place {
     }
 }
 
-/// One event waiting in its stream's queue: how many attempts it had, and
-/// their errors (for the dead letter when the policy gives up).
-struct Queued {
-    event: RecordedEvent,
-    attempt: u32,
-    history: Vec<AttemptError>,
-}
-
-/// A delivery in flight: the stream, the event and what came of it.
-type Flight<'a> = Pin<Box<dyn Future<Output = (Arc<str>, Queued, Settled)> + Send + 'a>>;
-/// A stream waiting for a retry's delay: wakes with the stream's name.
-type Wait = Pin<Box<dyn Future<Output = Arc<str>> + Send>>;
-
-/// The events read but not yet settled, by stream, and what is running.
-///
-/// Each stream has a queue; at most one of its events is in flight or
-/// waiting for a retry at a time, which keeps the stream's order. Streams
-/// whose next event may go are kept by that event's position, so with
-/// concurrency 1 events go in global position order, and a stream waiting
-/// for a retry lets the others pass.
-struct Pipeline<'a> {
-    queues: HashMap<Arc<str>, VecDeque<Queued>>,
-    /// Streams with an event in flight or waiting for a retry.
-    busy: HashSet<Arc<str>>,
-    /// Streams whose front event may be delivered, by its position.
-    ready: BTreeMap<u64, Arc<str>>,
-    /// Positions read and not settled: the least bounds the checkpoint.
-    unsettled: BTreeSet<u64>,
-    flying: FuturesUnordered<Flight<'a>>,
-    waiting: FuturesUnordered<Wait>,
-}
-
-impl<'a> Pipeline<'a> {
-    fn new() -> Self {
-        Self {
-            queues: HashMap::new(),
-            busy: HashSet::new(),
-            ready: BTreeMap::new(),
-            unsettled: BTreeSet::new(),
-            flying: FuturesUnordered::new(),
-            waiting: FuturesUnordered::new(),
-        }
-    }
-
-    fn is_empty(&self) -> bool {
-        self.unsettled.is_empty()
-    }
-
-    /// Queues an event read from the log.
-    fn push(&mut self, event: RecordedEvent) {
-        let Some(position) = event.position() else {
-            return;
-        };
-        let stream: Arc<str> = Arc::from(event.stream().unwrap_or_default());
-        self.unsettled.insert(position);
-        let idle = !self.busy.contains(&stream);
-        let queue = self.queues.entry(Arc::clone(&stream)).or_default();
-        let idle = idle && queue.is_empty();
-        queue.push_back(Queued {
-            event,
-            attempt: 1,
-            history: Vec::new(),
-        });
-        if idle {
-            self.ready.insert(position, stream);
-        }
-    }
-
-    /// Starts deliveries while there are free slots.
-    fn launch<D: Deliver>(&mut self, core: &'a D, concurrency: usize, fence: Option<&Fence>) {
-        while self.flying.len() < concurrency {
-            if !core.is_enabled() || fence.is_some_and(|f| !f.holds()) {
-                return;
-            }
-            let Some((_, stream)) = self.ready.pop_first() else {
-                return;
-            };
-            let Some(mut item) = self.queues.get_mut(&stream).and_then(VecDeque::pop_front) else {
-                continue;
-            };
-            self.busy.insert(Arc::clone(&stream));
-            self.flying.push(Box::pin(async move {
-                let settled = core
-                    .deliver_durable(&item.event, item.attempt, &mut item.history)
-                    .await;
-                (stream, item, settled)
-            }));
-        }
-    }
-
-    /// Takes in what a delivery came to.
-    fn land(&mut self, stream: Arc<str>, mut item: Queued, settled: Settled, failures: &mut u32) {
-        let again = match settled {
-            Settled::Done => {
-                *failures = 0;
-                if let Some(position) = item.event.position() {
-                    self.unsettled.remove(&position);
-                }
-                self.release(&stream);
-                return;
-            }
-            Settled::RetryAfter(delay) => {
-                item.attempt = item.attempt.saturating_add(1);
-                delay
-            }
-            Settled::Pending => {
-                // Not parked (no dead-letter store, or the store failed, or
-                // the subscriber stopped): delivered again after a pause
-                // that grows while failures go on.
-                *failures = failures.saturating_add(1);
-                (Duration::from_millis(100) * (*failures).min(50)).min(Duration::from_secs(5))
-            }
-        };
-        self.queues
-            .entry(Arc::clone(&stream))
-            .or_default()
-            .push_front(item);
-        self.waiting.push(Box::pin(async move {
-            tokio::time::sleep(again).await;
-            stream
-        }));
-    }
-
-    /// Lets a stream's next event go, if it has one.
-    fn release(&mut self, stream: &Arc<str>) {
-        self.busy.remove(stream);
-        match self.queues.get(stream).and_then(VecDeque::front) {
-            Some(next) => {
-                if let Some(position) = next.event.position() {
-                    self.ready.insert(position, Arc::clone(stream));
-                }
-            }
-            None => {
-                self.queues.remove(stream);
-            }
-        }
-    }
-
-    /// The position up to which every event read is settled.
-    fn settled(&self, read_to: u64) -> u64 {
-        self.unsettled
-            .first()
-            .map_or(read_to, |first| first.saturating_sub(1))
-    }
-
-    /// Lets the deliveries in flight finish and drops the rest (they are
-    /// not settled, so they come again from the checkpoint); returns the
-    /// position up to which every event read is settled.
-    async fn drain(&mut self, read_to: u64, failures: &mut u32) -> u64 {
-        while let Some((stream, item, settled)) = self.flying.next().await {
-            self.land(stream, item, settled, failures);
-        }
-        let settled = self.settled(read_to);
-        self.waiting = FuturesUnordered::new();
-        self.ready.clear();
-        self.queues.clear();
-        self.busy.clear();
-        self.unsettled.clear();
-        settled
-    }
-}
-
-/// Runs `work` (a read, a save) while the deliveries in flight go on,
-/// keeping what they come to in `landed`.
-///
-/// Deliveries are futures of this loop, not tasks: left unpolled while the
-/// loop waits for the store, one holding a pooled connection would keep
-/// the loop's own store call waiting for it, and the two would wait for
-/// each other.
-async fn alongside<T>(
-    flying: &mut FuturesUnordered<Flight<'_>>,
-    landed: &mut Vec<(Arc<str>, Queued, Settled)>,
-    work: impl Future<Output = T>,
-) -> T {
-    let mut work = std::pin::pin!(work);
-    loop {
-        tokio::select! {
-            out = &mut work => return out,
-            Some(done) = flying.next(), if !flying.is_empty() => landed.push(done),
-        }
-    }
-}
-
 /// The read, deliver and save loop, from `checkpoint`, until a stop (or,
 /// for a partition, until its lease is lost).
-///
-/// Reading runs ahead of delivery by up to one batch of unsettled events,
-/// so a stream whose event waits for a retry holds up only itself: the
-/// other streams' events keep going, and the checkpoint stays before the
-/// waiting event until it is settled.
 pub(crate) async fn drive<D: Deliver>(
     core: &D,
     store: &dyn EventStore,
@@ -676,189 +465,147 @@ pub(crate) async fn drive<D: Deliver>(
     shared_checkpoint.store(checkpoint, Ordering::Release);
     let mut head = store.watch_head();
     let mut failures = 0u32;
-    let mut pipeline = Pipeline::new();
-    // Read and queued up to here.
-    let mut read_to = checkpoint;
-    // Whether the last read reached the head: then wait for it to move.
-    let mut caught_up = false;
-    let window = settings.batch_size.max(1);
-    let mut last_save = tokio::time::Instant::now();
     loop {
-        let lost = place.fence().is_some_and(|f| !f.holds());
-        if *stop.borrow() || lost {
-            let settled = pipeline.drain(read_to, &mut failures).await;
-            if lost {
-                tracing::warn!(subscriber = %name, "lease not renewed in time: stopping work on the partition");
-                return;
-            }
-            if settled > checkpoint && place.save(settled, &mut stop).await {
-                shared_checkpoint.store(settled, Ordering::Release);
-            }
+        if *stop.borrow() {
+            return;
+        }
+        if place.fence().is_some_and(|f| !f.holds()) {
+            tracing::warn!(subscriber = %name, "lease not renewed in time: stopping work on the partition");
             return;
         }
         if pending.is_none() {
             pending = signals.rewinds.try_recv().ok();
         }
         if let Some((position, done)) = pending.take() {
-            pipeline.drain(read_to, &mut failures).await;
             if !place.save(position, &mut stop).await {
                 return;
             }
             checkpoint = position;
-            read_to = position;
-            caught_up = false;
             shared_checkpoint.store(checkpoint, Ordering::Release);
             tracing::info!(subscriber = %name, checkpoint, "durable subscriber rewound");
             let _ = done.send(());
             continue;
         }
-        let mut landed = Vec::new();
-        let enabled = alongside(&mut pipeline.flying, &mut landed, core.refresh_enabled()).await;
-        for (stream, item, settled) in landed.drain(..) {
-            pipeline.land(stream, item, settled, &mut failures);
-        }
-        if !enabled {
-            let settled = pipeline.drain(read_to, &mut failures).await;
-            if settled > checkpoint {
-                if !place.save(settled, &mut stop).await {
-                    return;
-                }
-                checkpoint = settled;
-                shared_checkpoint.store(checkpoint, Ordering::Release);
-            }
-            read_to = checkpoint;
-            caught_up = false;
+        if !core.refresh_enabled().await {
             if pause(settings.poll_interval, signals, &mut pending).await {
                 return;
             }
             continue;
         }
-        if !caught_up && pipeline.unsettled.len() < window {
-            let want = window - pipeline.unsettled.len();
-            let read = alongside(
-                &mut pipeline.flying,
-                &mut landed,
-                read_next(store, settings, read_to, want),
-            )
-            .await;
-            for (stream, item, settled) in landed.drain(..) {
-                pipeline.land(stream, item, settled, &mut failures);
-            }
-            match read {
-                Ok((events, last)) => {
-                    caught_up = last <= read_to;
-                    for event in events {
-                        // A partition's runner passes over the other
-                        // partitions' events.
-                        if place.owns(&event) {
-                            pipeline.push(event);
-                        }
-                    }
-                    read_to = read_to.max(last);
+        // The head is read first: every event at or below it is visible, so
+        // when the filtered read comes back short, nothing up to the head is
+        // left for this subscriber and the checkpoint can move past the
+        // events it does not match.
+        let head_before = match store.head().await {
+            Ok(h) => h,
+            Err(err) => {
+                tracing::error!(subscriber = %name, error = %err, "durable subscriber could not read the head");
+                if pause(settings.poll_interval, signals, &mut pending).await {
+                    return;
                 }
-                Err(err) => {
-                    tracing::error!(subscriber = %name, error = %err, "durable subscriber could not read the log");
-                    if pause(settings.poll_interval, signals, &mut pending).await {
-                        return;
-                    }
-                    continue;
+                continue;
+            }
+        };
+        let mut query = ReadAll::after(checkpoint)
+            .limit(settings.batch_size)
+            .batch_size(settings.batch_size);
+        query.topics = settings.topics.clone();
+        let batch: Result<Vec<RecordedEvent>, StoreError> =
+            store.read_all(query).try_collect().await;
+        let mut matching = match batch {
+            Ok(events) => events,
+            Err(err) => {
+                tracing::error!(subscriber = %name, error = %err, "durable subscriber could not read the log");
+                if pause(settings.poll_interval, signals, &mut pending).await {
+                    return;
                 }
+                continue;
             }
-        }
-        pipeline.launch(core, settings.concurrency.max(1), place.fence());
-        let settled = pipeline.settled(read_to);
-        // Saved when the pipeline is empty, a batch further on, or a poll
-        // interval after the last save: what was handled since is
-        // delivered again after a crash, or by the next owner of a
-        // partition whose lease lapsed.
-        if settled > checkpoint
-            && (pipeline.is_empty()
-                || settled - checkpoint >= window as u64
-                || last_save.elapsed() >= settings.poll_interval)
-        {
-            let saved = alongside(
-                &mut pipeline.flying,
-                &mut landed,
-                place.save(settled, &mut stop),
+        };
+        let full = matching.len() >= settings.batch_size;
+        let last_read = matching.last().and_then(RecordedEvent::position);
+        let last = match (full, last_read) {
+            (true, Some(p)) => p,
+            _ => last_read.unwrap_or(0).max(head_before),
+        };
+        if last <= checkpoint {
+            if idle(
+                &mut head,
+                checkpoint,
+                settings.poll_interval,
+                signals,
+                &mut pending,
             )
-            .await;
-            for (stream, item, settled) in landed.drain(..) {
-                pipeline.land(stream, item, settled, &mut failures);
-            }
-            if !saved {
+            .await
+            {
                 return;
             }
-            checkpoint = settled;
-            last_save = tokio::time::Instant::now();
+            continue;
+        }
+        // A partition's runner passes over the other partitions' events.
+        matching.retain(|e| place.owns(e));
+        let reached =
+            deliver_batch(core, matching, settings.concurrency, last, place.fence()).await;
+        if reached > checkpoint {
+            if !place.save(reached, &mut stop).await {
+                return;
+            }
+            checkpoint = reached;
             shared_checkpoint.store(checkpoint, Ordering::Release);
         }
-        let room = !caught_up && pipeline.unsettled.len() < window;
-        if room && !pipeline.flying.is_empty() {
-            // More to read and room for it: take in the deliveries that are
-            // done without waiting, then read on.
-            while let Some(Some((stream, item, settled))) = pipeline.flying.next().now_or_never() {
-                pipeline.land(stream, item, settled, &mut failures);
+        if reached < last {
+            if place.fence().is_some_and(|f| !f.holds()) {
+                return;
             }
-            continue;
-        }
-        if room {
-            continue;
-        }
-        let stop_signal = &mut signals.stop;
-        let known = read_to;
-        let moved = async {
-            match (&mut head, caught_up) {
-                (Some(rx), true) => {
-                    let _ = rx.wait_for(|h| *h > known).await;
-                }
-                _ => std::future::pending::<()>().await,
+            // Something must be delivered again: back off so that a failing
+            // event does not spin.
+            failures = failures.saturating_add(1);
+            let wait = (Duration::from_millis(100) * failures.min(50)).min(Duration::from_secs(5));
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = stop.wait_for(|s| *s) => return,
             }
-        };
-        let nothing_else = pipeline.flying.is_empty() && pipeline.waiting.is_empty();
-        let poll = async {
-            if caught_up || nothing_else {
-                tokio::time::sleep(settings.poll_interval).await;
-            } else {
-                std::future::pending::<()>().await;
-            }
-        };
-        tokio::select! {
-            Some((stream, item, settled)) = pipeline.flying.next(), if !pipeline.flying.is_empty() => {
-                pipeline.land(stream, item, settled, &mut failures);
-            }
-            Some(stream) = pipeline.waiting.next(), if !pipeline.waiting.is_empty() => {
-                pipeline.release(&stream);
-            }
-            _ = moved => caught_up = false,
-            _ = poll => caught_up = false,
-            _ = stop_signal.wait_for(|s| *s) => {}
-            Some(rewind) = signals.rewinds.recv() => pending = Some(rewind),
+        } else {
+            failures = 0;
         }
     }
 }
 
-/// Reads up to `limit` matching events after `after`; returns them and the
-/// position up to which the log is known to hold nothing else for this
-/// subscriber.
-async fn read_next(
-    store: &dyn EventStore,
-    settings: &DurableSettings,
-    after: u64,
-    limit: usize,
-) -> Result<(Vec<RecordedEvent>, u64), StoreError> {
-    // The head is read first: every event at or below it is visible, so
-    // when the filtered read comes back short, nothing up to the head is
-    // left for this subscriber and the checkpoint can move past the events
-    // it does not match.
-    let head_before = store.head().await?;
-    let limit = limit.max(1);
-    let mut query = ReadAll::after(after).limit(limit).batch_size(limit);
-    query.topics = settings.topics.clone();
-    let events: Vec<RecordedEvent> = store.read_all(query).try_collect().await?;
-    let last_read = events.last().and_then(RecordedEvent::position);
-    let last = match (events.len() >= limit, last_read) {
-        (true, Some(p)) => p,
-        _ => last_read.unwrap_or(0).max(head_before),
-    };
-    Ok((events, last.max(after)))
+/// Delivers a batch; returns the position up to which every event is
+/// settled (`last` when all are).
+async fn deliver_batch<D: Deliver>(
+    core: &D,
+    events: Vec<RecordedEvent>,
+    concurrency: usize,
+    last: u64,
+    fence: Option<&Fence>,
+) -> u64 {
+    let lanes = concurrency.max(1).min(events.len().max(1));
+    let mut by_lane: Vec<Vec<RecordedEvent>> = vec![Vec::new(); lanes];
+    let hasher = BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default();
+    for event in events {
+        let lane = if lanes == 1 {
+            0
+        } else {
+            (hasher.hash_one(event.stream().unwrap_or_default()) % lanes as u64) as usize
+        };
+        by_lane[lane].push(event);
+    }
+    let results = futures_util::future::join_all(by_lane.into_iter().map(|lane| async move {
+        for event in lane {
+            if !core.is_enabled() || fence.is_some_and(|f| !f.holds()) {
+                return event.position();
+            }
+            if let Settled::Pending = core.deliver_durable(&event).await {
+                return event.position();
+            }
+        }
+        None
+    }))
+    .await;
+    // The first event not settled in any lane bounds the checkpoint.
+    match results.into_iter().flatten().min() {
+        Some(first_pending) => first_pending.saturating_sub(1),
+        None => last,
+    }
 }
