@@ -137,6 +137,24 @@ impl HttpClient {
         })
     }
 
+    /// Reads one resource; a 404 becomes [`CliError::NotFound`] as in
+    /// [`not_found_as`](Self::not_found_as).
+    async fn one<T: DeserializeOwned>(
+        &self,
+        request: RequestBuilder,
+        what: impl FnOnce() -> String,
+    ) -> Result<T, CliError> {
+        let response = self.not_found_as(request, what).await?;
+        let url = response.url().to_string();
+        response
+            .json()
+            .await
+            .map_err(|e| CliError::UnexpectedResponse {
+                url,
+                reason: error_chain(&e),
+            })
+    }
+
     /// Sends; a 404 becomes [`CliError::NotFound`] with the server's
     /// detail, or `what()` when it gave none.
     async fn not_found_as(
@@ -274,17 +292,7 @@ impl Client for HttpClient {
     async fn event(&self, id: EventId) -> Result<RecordedEvent, CliError> {
         let id_text = id.to_string();
         let request = self.request(Method::GET, self.url(&["events", &id_text]));
-        let response = self
-            .not_found_as(request, || format!("no event with id {id}"))
-            .await?;
-        let url = response.url().to_string();
-        response
-            .json()
-            .await
-            .map_err(|e| CliError::UnexpectedResponse {
-                url,
-                reason: error_chain(&e),
-            })
+        self.one(request, || format!("no event with id {id}")).await
     }
 
     async fn follow(
@@ -407,17 +415,8 @@ impl Client for HttpClient {
     async fn dead_letter(&self, id: Uuid) -> Result<DeadLetter, CliError> {
         let id_text = id.to_string();
         let request = self.request(Method::GET, self.url(&["dead-letters", &id_text]));
-        let response = self
-            .not_found_as(request, || format!("no dead letter with id {id}"))
-            .await?;
-        let url = response.url().to_string();
-        response
-            .json()
+        self.one(request, || format!("no dead letter with id {id}"))
             .await
-            .map_err(|e| CliError::UnexpectedResponse {
-                url,
-                reason: error_chain(&e),
-            })
     }
 
     async fn retry_dead_letter(&self, id: Uuid) -> Result<Retried, CliError> {
