@@ -6,53 +6,11 @@ mod support;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use herald::{
-    AttemptError, DeadLetterQuery, DeadLetterStore, ErrorKind, EventId, EventType, Metadata,
-    NewDeadLetter, Payload, RecordedEvent, RecordedParts,
-};
-use serde_json::json;
-
-fn event() -> RecordedEvent {
-    RecordedEvent::from_parts(RecordedParts {
-        id: EventId::new(),
-        event_type: EventType::new("order.created").unwrap(),
-        stream: Some("order-1".into()),
-        version: Some(0),
-        position: Some(1),
-        recorded_at: Utc::now(),
-        data: Payload::from(json!({"n": 1})),
-        metadata: Metadata::default(),
-        origin: None,
-    })
-}
-
-/// A dead letter of `subscriber` whose one failure was at `at`.
-fn failed_at(subscriber: &str, at: DateTime<Utc>) -> NewDeadLetter {
-    NewDeadLetter {
-        subscriber: subscriber.to_owned(),
-        event: event(),
-        reason: "down".to_owned(),
-        errors: vec![AttemptError {
-            attempt: 1,
-            message: "down".to_owned(),
-            kind: ErrorKind::Handler,
-            at,
-        }],
-    }
-}
+use herald::DeadLetterStore;
+use herald_testkit::dead_letters::{failed_at, subscribers};
 
 fn ago(seconds: i64) -> DateTime<Utc> {
     Utc::now() - chrono::Duration::seconds(seconds)
-}
-
-async fn subscribers(store: &impl DeadLetterStore) -> Vec<String> {
-    store
-        .list(&DeadLetterQuery::default())
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|l| l.subscriber)
-        .collect()
 }
 
 const HOUR: Duration = Duration::from_secs(3600);

@@ -10,11 +10,10 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use common::TempStore;
 use herald::{
-    AttemptError, Bus, DeadLetterQuery, DeadLetterStore, ErrorKind, EventId, EventType,
-    HandlerError, Metadata, NewDeadLetter, Payload, RecordedEvent, RecordedParts, RetryOutcome,
-    Subscriber, handler_fn,
+    Bus, DeadLetterQuery, DeadLetterStore, HandlerError, RetryOutcome, Subscriber, handler_fn,
 };
 use herald_sqlite::{SqliteConfig, SqliteStore};
+use herald_testkit::dead_letters::{failed_at, subscribers};
 use serde_json::json;
 
 /// A subscriber that counts its deliveries and fails each one while
@@ -92,47 +91,8 @@ async fn a_dead_letter_survives_reopening_and_a_new_bus_retries_it_to_its_subscr
     bus.shutdown().await;
 }
 
-fn event(event_type: &str) -> RecordedEvent {
-    RecordedEvent::from_parts(RecordedParts {
-        id: EventId::new(),
-        event_type: EventType::new(event_type).unwrap(),
-        stream: Some("orders-1".into()),
-        version: Some(0),
-        position: Some(1),
-        recorded_at: Utc::now(),
-        data: Payload::from(json!({"n": 1})),
-        metadata: Metadata::default(),
-        origin: None,
-    })
-}
-
-/// A dead letter of `subscriber` whose one failure was at `at`.
-fn failed_at(subscriber: &str, at: DateTime<Utc>) -> NewDeadLetter {
-    NewDeadLetter {
-        subscriber: subscriber.to_owned(),
-        event: event("order.created"),
-        reason: "down".to_owned(),
-        errors: vec![AttemptError {
-            attempt: 1,
-            message: "down".to_owned(),
-            kind: ErrorKind::Handler,
-            at,
-        }],
-    }
-}
-
 fn ago(seconds: i64) -> DateTime<Utc> {
     Utc::now() - chrono::Duration::seconds(seconds)
-}
-
-async fn subscribers(store: &impl DeadLetterStore) -> Vec<String> {
-    store
-        .list(&DeadLetterQuery::default())
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|l| l.subscriber)
-        .collect()
 }
 
 const HOUR: Duration = Duration::from_secs(3600);

@@ -294,3 +294,26 @@ pub async fn counts_dead_letters_per_subscriber<D: DeadLetterStore>(store: D) {
     assert_eq!(counts.get("a"), Some(&1));
     assert_eq!(counts.get("b"), Some(&1));
 }
+
+/// A dead letter of `subscriber` for a new `order.created` event, whose one
+/// failure was at `at`: what retention tests record.
+pub fn failed_at(subscriber: &str, at: DateTime<Utc>) -> NewDeadLetter {
+    let error = AttemptError {
+        attempt: 1,
+        message: "down".to_owned(),
+        kind: ErrorKind::Handler,
+        at,
+    };
+    letter(subscriber, &event("order.created", 1), vec![error])
+}
+
+/// The subscribers of the dead letters in `store`, in listing order.
+pub async fn subscribers(store: &impl DeadLetterStore) -> Vec<String> {
+    store
+        .list(&DeadLetterQuery::default())
+        .await
+        .expect("list dead letters")
+        .into_iter()
+        .map(|l| l.subscriber)
+        .collect()
+}
