@@ -21,3 +21,4 @@ pub mod durable;
 pub mod leases;
 pub mod process;
 pub mod store;
+pub mod transports;

@@ -36,6 +36,8 @@ use crate::store::{
     CheckpointStore, EventStore, ExpectedVersion, LeaseStore, ReadAll, StoreError, StreamName,
 };
 use crate::topic::{EventType, TopicPattern};
+use crate::transport::runner::{BrokerRunner, Settle};
+use crate::transport::{ConsumerSpec, Delivery, Transport};
 use crate::{Disposition, HandlerError};
 
 /// How many event types the route cache remembers. Beyond that, routes of
@@ -55,6 +57,10 @@ pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(10);
 /// spread over a handful of processes, few enough that each process's
 /// readers of the log stay cheap.
 pub const DEFAULT_PARTITIONS: u32 = 16;
+
+/// How many deliveries a [`Broker`](DeliveryMode::Broker) subscriber holds
+/// unacknowledged per process, unless [`Subscriber::prefetch`] says.
+pub const DEFAULT_PREFETCH: usize = 64;
 
 /// How many queued events an async worker takes at once.
 const WORKER_BATCH: usize = 64;
@@ -86,6 +92,11 @@ pub enum DeliveryMode {
     /// once, in stream order, resuming after a restart where it left off.
     /// Needs a bus built with [`BusBuilder::store`].
     Durable,
+    /// Fed by a message broker: the subscriber's name is a consumer group
+    /// shared by every process that runs it; retries and dead letters live
+    /// on the broker (see [`crate::transport`]). Needs a bus built with
+    /// [`BusBuilder::transport`].
+    Broker,
 }
 
 /// Whether a subscriber receives events.
@@ -146,6 +157,7 @@ pub struct Subscriber {
     poll_interval: Duration,
     competing: Option<u32>,
     lease_ttl: Duration,
+    prefetch: usize,
     enabled: bool,
     sync: Option<Arc<dyn SyncHandler>>,
     build: Box<dyn FnOnce(StackParts) -> BoxHandler + Send>,
@@ -208,6 +220,7 @@ impl Subscriber {
             poll_interval: Duration::from_secs(1),
             competing: None,
             lease_ttl: DEFAULT_LEASE_TTL,
+            prefetch: DEFAULT_PREFETCH,
             enabled: true,
             sync: None,
             build: Box::new(move |parts| build_stack(handler, parts)),
@@ -223,6 +236,11 @@ impl Subscriber {
         let mut sub = Self::new(name, SyncAdapter(Arc::clone(&handler)));
         sub.sync = Some(handler);
         sub
+    }
+
+    /// The subscriber's name.
+    pub fn name(&self) -> &str {
+        &self.name
     }
 
     /// Adds a topic pattern (`order.created`, `order.*`, `order.#`, `#`).
@@ -402,6 +420,15 @@ impl Subscriber {
         self
     }
 
+    /// For a [`Broker`](DeliveryMode::Broker) subscriber: at most how many
+    /// deliveries this process holds unacknowledged ([`DEFAULT_PREFETCH`]
+    /// unless set). The broker sends no more until some are settled, which
+    /// bounds memory and lets other processes of the group take the rest.
+    pub fn prefetch(mut self, n: usize) -> Self {
+        self.prefetch = n;
+        self
+    }
+
     /// Makes a failure of this inline subscriber fail `publish`, after its
     /// retries, instead of going to the dead letters: for a handler that
     /// must succeed for the publisher's work to count (the publisher's
@@ -480,6 +507,9 @@ struct Core {
     dead_lettered: AtomicU64,
     /// For a durable subscriber, its enabled state as kept in the store.
     persisted: Option<Persisted>,
+    /// Marked changed on every enable, disable and stop, for runners that
+    /// wait for one.
+    state_watch: tokio::sync::watch::Sender<()>,
 }
 
 /// How a durable subscriber's enabled state is kept in the store, so that
@@ -530,6 +560,7 @@ struct Entry {
     mode: DeliveryMode,
     queue: Option<Queue>,
     durable: Option<DurableRunner>,
+    broker: Option<BrokerRunner>,
 }
 
 impl Entry {
@@ -574,6 +605,9 @@ impl Entry {
     async fn drain(&self) {
         if let Some(durable) = &self.durable {
             durable.stop().await;
+        }
+        if let Some(broker) = &self.broker {
+            broker.stop().await;
         }
         // An enable or disable the runner had no round left to save.
         if let Some(p) = &self.core.persisted {
@@ -623,6 +657,7 @@ impl Core {
     fn stop(&self, reason: String) {
         *self.stop_reason.lock().unwrap_or_else(|p| p.into_inner()) = Some(reason);
         self.state.store(STOPPED, Ordering::Release);
+        self.state_watch.send_replace(());
     }
 
     /// Enables (also a stopped subscriber) or disables it here; for a
@@ -646,6 +681,7 @@ impl Core {
             }
             None => change(),
         }
+        self.state_watch.send_replace(());
     }
 
     /// Saves the state here unless the store has every change already.
@@ -699,6 +735,7 @@ impl Core {
             .compare_exchange(from, to, Ordering::AcqRel, Ordering::Acquire)
             .is_ok()
         {
+            self.state_watch.send_replace(());
             tracing::info!(
                 subscriber = %self.name,
                 enabled,
@@ -902,6 +939,103 @@ impl Deliver for Core {
     }
 }
 
+/// A broker subscriber: its core, and the retry policy the broker carries
+/// out (its stack has no retry or dead-letter layer).
+struct Brokered {
+    core: Arc<Core>,
+    retry: RetryPolicy,
+}
+
+impl Brokered {
+    fn log_unsettled(&self, event: &RecordedEvent, err: &crate::transport::TransportError) {
+        tracing::warn!(
+            subscriber = %self.core.name,
+            event_id = %event.id(),
+            error = %err,
+            "could not settle a delivery with the broker; it will be delivered again"
+        );
+    }
+}
+
+impl Settle for Brokered {
+    fn name(&self) -> &str {
+        &self.core.name
+    }
+
+    fn is_enabled(&self) -> bool {
+        self.core.is_enabled()
+    }
+
+    fn watch_state(&self) -> tokio::sync::watch::Receiver<()> {
+        self.core.state_watch.subscribe()
+    }
+
+    async fn settle(&self, delivery: Delivery) {
+        let core = &self.core;
+        let event = delivery.event().clone();
+        let attempt = delivery.attempt();
+        let ctx = Context::for_delivery(&core.ctx, &event).with_attempt(attempt);
+        let err = match core.attempt(&event, &ctx).await {
+            Ok(()) => {
+                core.handled.fetch_add(1, Ordering::Relaxed);
+                if let Err(e) = delivery.ack().await {
+                    self.log_unsettled(&event, &e);
+                }
+                return;
+            }
+            Err(err) => err,
+        };
+        let settled = match err.disposition() {
+            Disposition::Skip => {
+                let _ = core.failed_with(&event, err);
+                delivery.ack().await
+            }
+            Disposition::Stop => {
+                let _ = core.failed_with(&event, err);
+                delivery.release().await
+            }
+            disposition => {
+                let mut errors = delivery.errors().to_vec();
+                errors.push(AttemptError::new(attempt, &err));
+                if self.retry.should_retry(attempt, &err) {
+                    let delay = match disposition {
+                        Disposition::Retry { after: Some(after) } => after,
+                        _ => self.retry.delay(attempt, true),
+                    };
+                    tracing::warn!(
+                        event_id = %event.id(),
+                        event_type = event.event_type(),
+                        subscriber = %core.name,
+                        attempt,
+                        retry_in_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
+                        error = %err,
+                        "handler failed; the broker delivers it again after a delay"
+                    );
+                    delivery.retry(delay, errors).await
+                } else {
+                    let reason = err.to_string();
+                    let _ = core.failed_with(&event, err);
+                    core.dead_lettered.fetch_add(1, Ordering::Relaxed);
+                    let letter = NewDeadLetter {
+                        subscriber: core.name.to_string(),
+                        event: event.clone(),
+                        reason,
+                        errors,
+                    };
+                    let parked = delivery.dead_letter(letter, attempt).await;
+                    if parked.is_ok() {
+                        crate::metrics::dead_letter_recorded(&core.name);
+                    }
+                    parked
+                }
+            }
+        };
+        if let Err(e) = settled {
+            self.log_unsettled(&event, &e);
+        }
+    }
+}
+
 async fn run_worker(
     core: Arc<Core>,
     mut rx: mpsc::Receiver<RecordedEvent>,
@@ -966,6 +1100,7 @@ struct BusStore {
 
 pub(crate) struct BusInner {
     store: Option<BusStore>,
+    transport: Option<Arc<dyn Transport>>,
     leases: Option<Arc<dyn LeaseStore>>,
     registry: RwLock<Registry>,
     routes: ArcSwap<RouteCache>,
@@ -1038,6 +1173,9 @@ pub struct Bus {
 /// ```
 pub struct BusBuilder {
     store: Option<BusStore>,
+    transport: Option<Arc<dyn Transport>>,
+    /// Whether the dead-letter store was chosen (else a transport's wins).
+    dead_letters_chosen: bool,
     leases: Option<Arc<dyn LeaseStore>>,
     dead_letters: Option<Arc<dyn DeadLetterStore>>,
     layers: Vec<BoxLayer>,
@@ -1068,15 +1206,35 @@ impl BusBuilder {
         self
     }
 
-    /// Where given-up events go (a [`MemoryDeadLetterStore`] by default).
+    /// Where given-up events go (a [`MemoryDeadLetterStore`] by default;
+    /// the transport's dead letters when the bus has a transport).
     pub fn dead_letter_store(mut self, store: Arc<dyn DeadLetterStore>) -> Self {
         self.dead_letters = Some(store);
+        self.dead_letters_chosen = true;
         self
     }
 
     /// Keeps no dead letters: given-up events are only logged.
     pub fn without_dead_letters(mut self) -> Self {
         self.dead_letters = None;
+        self.dead_letters_chosen = true;
+        self
+    }
+
+    /// Connects the bus to a message broker (see [`crate::transport`]).
+    ///
+    /// [`Broker`](DeliveryMode::Broker) subscribers consume from it, and
+    /// the bus's dead letters are the broker's (unless
+    /// [`dead_letter_store`](Self::dead_letter_store) chose others).
+    ///
+    /// A bus without an event store publishes each event to the broker
+    /// first: `publish` waits for the broker's confirmation, and fails
+    /// (before any subscriber of this process saw the event) without it. A bus
+    /// with an event store does not: it appends to the store, and a relay
+    /// forwards the store's events to the broker, so that an event is on
+    /// the broker if and only if it was committed (the outbox pattern).
+    pub fn transport(mut self, transport: Arc<dyn Transport>) -> Self {
+        self.transport = Some(transport);
         self
     }
 
@@ -1100,14 +1258,19 @@ impl BusBuilder {
 
     /// Builds the bus.
     pub fn build(self) -> Bus {
+        let dead_letters = match (&self.transport, self.dead_letters_chosen) {
+            (Some(transport), false) => Some(transport.dead_letters()),
+            _ => self.dead_letters,
+        };
         Bus {
             inner: Arc::new_cyclic(|this| BusInner {
                 store: self.store,
+                transport: self.transport,
                 leases: self.leases,
                 registry: RwLock::new(Registry::default()),
                 routes: ArcSwap::from_pointee(RouteCache::default()),
                 closed: AtomicBool::new(false),
-                dead_letters: self.dead_letters,
+                dead_letters,
                 layers: self.layers,
                 queue_capacity: self.queue_capacity,
                 this: this.clone(),
@@ -1130,6 +1293,10 @@ pub enum RetryOutcome {
         /// The dead letter as it is now, if it is still stored.
         dead_letter: Option<DeadLetter>,
     },
+    /// It went back to a [`Broker`](DeliveryMode::Broker) subscriber's
+    /// group through the broker, as a first attempt; the dead letter is
+    /// gone (a new one appears if it fails again).
+    Redelivered,
 }
 
 impl Default for Bus {
@@ -1149,6 +1316,8 @@ impl Bus {
     pub fn builder() -> BusBuilder {
         BusBuilder {
             store: None,
+            transport: None,
+            dead_letters_chosen: false,
             leases: None,
             dead_letters: Some(Arc::new(MemoryDeadLetterStore::new())),
             layers: Vec::new(),
@@ -1392,17 +1561,33 @@ impl Bus {
     pub async fn retry_dead_letter(&self, id: Uuid) -> Result<RetryOutcome, DeadLetterError> {
         let store = self.inner.dead_letter_store()?;
         let letter = store.get(id).await?.ok_or(DeadLetterError::NotFound(id))?;
-        let core = self
+        let entry = self
             .inner
             .read_registry()
             .entries
             .iter()
             .find(|e| *e.core.name == letter.subscriber)
-            .map(|e| Arc::clone(&e.core))
-            .ok_or_else(|| DeadLetterError::SubscriberGone {
-                id,
-                subscriber: letter.subscriber.clone(),
-            })?;
+            .cloned();
+        // A broker subscriber's dead letter goes back through the broker, to
+        // its group only; so does one of a group this process does not run.
+        let remote = entry
+            .as_ref()
+            .is_none_or(|e| e.mode == DeliveryMode::Broker);
+        if let (true, Some(transport)) = (remote, &self.inner.transport) {
+            transport
+                .redeliver(&letter.subscriber, &letter.event)
+                .await?;
+            store.remove(id).await?;
+            crate::metrics::dead_letter_resolved(&letter.subscriber, "retried");
+            return Ok(RetryOutcome::Redelivered);
+        }
+        let core =
+            entry
+                .map(|e| Arc::clone(&e.core))
+                .ok_or_else(|| DeadLetterError::SubscriberGone {
+                    id,
+                    subscriber: letter.subscriber.clone(),
+                })?;
         let ctx = Context::for_delivery(&core.ctx, &letter.event)
             .with_attempt(letter.attempts.saturating_add(1));
         match core.attempt(&letter.event, &ctx).await {
@@ -1560,6 +1745,34 @@ impl Bus {
         Ok(head.saturating_sub(runner.current_checkpoint().await?))
     }
 
+    /// Waits until a [`Broker`](DeliveryMode::Broker) subscriber's consumer
+    /// group is declared on the broker and consumed from: events published
+    /// from then on reach it. Returns at once for other subscribers.
+    ///
+    /// # Errors
+    ///
+    /// [`UnknownSubscriber`], also when the bus shut down before the
+    /// consumer opened.
+    pub async fn ready(&self, name: &str) -> Result<(), UnknownSubscriber> {
+        let entry = self
+            .inner
+            .read_registry()
+            .entries
+            .iter()
+            .find(|e| &*e.core.name == name)
+            .cloned()
+            .ok_or_else(|| UnknownSubscriber(name.to_owned()))?;
+        match &entry.broker {
+            Some(broker) if !broker.ready().await => Err(UnknownSubscriber(name.to_owned())),
+            _ => Ok(()),
+        }
+    }
+
+    /// The transport the bus was built with, if any.
+    pub fn transport(&self) -> Option<&Arc<dyn Transport>> {
+        self.inner.transport.as_ref()
+    }
+
     /// Stops accepting events and waits until every event accepted so far
     /// was handled or dead-lettered by the async subscribers.
     ///
@@ -1660,9 +1873,16 @@ impl BusInner {
             .iter()
             .map(|t| TopicPattern::parse(t))
             .collect::<Result<Vec<_>, _>>()?;
-        let retry = match sub.retry.attempts() {
-            1 => None,
-            _ => Some(RetryLayer::new(sub.retry)?),
+        let brokered = sub.mode == DeliveryMode::Broker;
+        // A broker subscriber's retries are the broker's redeliveries, so
+        // its stack gets no retry layer; the policy is still checked here.
+        let (retry, broker_retry) = match (sub.retry.attempts(), brokered) {
+            (_, true) => {
+                sub.retry.validate()?;
+                (None, Some(sub.retry))
+            }
+            (1, false) => (None, None),
+            (_, false) => (Some(RetryLayer::new(sub.retry)?), None),
         };
 
         if sub.concurrency == 0 {
@@ -1676,6 +1896,12 @@ impl BusInner {
         }
         if sub.mode == DeliveryMode::Durable && self.store.is_none() {
             return Err(SubscribeError::NoStore(sub.name));
+        }
+        if brokered && self.transport.is_none() {
+            return Err(SubscribeError::NoTransport(sub.name));
+        }
+        if brokered && sub.prefetch == 0 {
+            return Err(crate::ConfigError::Zero("prefetch").into());
         }
         if sub.competing.is_some() && sub.mode != DeliveryMode::Durable {
             return Err(SubscribeError::CompetingNotDurable(sub.name));
@@ -1704,14 +1930,15 @@ impl BusInner {
             return Err(crate::ConfigError::Zero("poll interval").into());
         }
         let runtime = match sub.mode {
-            DeliveryMode::Async | DeliveryMode::Durable => Some(
+            DeliveryMode::Async | DeliveryMode::Durable | DeliveryMode::Broker => Some(
                 tokio::runtime::Handle::try_current()
                     .map_err(|_| SubscribeError::NoRuntime(sub.name.clone()))?,
             ),
             DeliveryMode::Inline => None,
         };
         let propagate = sub.propagate_errors && sub.mode == DeliveryMode::Inline;
-        let dead_letters = if propagate {
+        // A broker subscriber's dead letters go through its broker.
+        let dead_letters = if propagate || brokered {
             None
         } else {
             self.dead_letters.clone()
@@ -1760,6 +1987,7 @@ impl BusInner {
                 }),
                 _ => None,
             },
+            state_watch: tokio::sync::watch::Sender::new(()),
         });
 
         let mut reg = self.write_registry();
@@ -1783,6 +2011,19 @@ impl BusInner {
             )),
             _ => None,
         };
+        let broker = match (&runtime, &self.transport, broker_retry) {
+            (Some(rt), Some(transport), Some(retry)) => Some(BrokerRunner::spawn(
+                rt,
+                Arc::new(Brokered {
+                    core: Arc::clone(&core),
+                    retry,
+                }),
+                Arc::clone(transport),
+                ConsumerSpec::new(sub.name.clone(), topics.clone()).prefetch(sub.prefetch),
+                sub.concurrency,
+            )),
+            _ => None,
+        };
         let queue = runtime
             .filter(|_| sub.mode == DeliveryMode::Async)
             .map(|rt| {
@@ -1802,6 +2043,7 @@ impl BusInner {
             mode: sub.mode,
             queue,
             durable,
+            broker,
         }));
         self.invalidate_routes(&mut reg);
         Ok(())
@@ -1898,6 +2140,9 @@ impl BusInner {
                 store.append(&stream, new).await?
             }
         };
+        if let (Some(transport), None) = (&self.transport, &self.store) {
+            transport.publish(std::slice::from_ref(&event)).await?;
+        }
         tracing::debug!(
             event_id = %event.id(),
             event_type = event.event_type(),

@@ -304,7 +304,8 @@ pub struct AttemptError {
 }
 
 impl AttemptError {
-    pub(crate) fn new(attempt: u32, error: &HandlerError) -> Self {
+    /// The record of attempt `attempt` failing with `error`, now.
+    pub fn new(attempt: u32, error: &HandlerError) -> Self {
         Self {
             attempt,
             message: error.to_string(),
@@ -331,6 +332,11 @@ pub enum PublishError {
     /// received the event.
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
+    /// The broker did not take the event (see
+    /// [`BusBuilder::transport`](crate::BusBuilder::transport)); the inline
+    /// subscribers had run.
+    #[error(transparent)]
+    Transport(#[from] crate::transport::TransportError),
     /// An inline subscriber configured to propagate its errors failed.
     #[error("subscriber {subscriber} failed on event {event_type} {event_id}: {source}")]
     Handler {
@@ -372,6 +378,9 @@ pub enum SubscribeError {
     /// A competing subscriber needs a bus with a lease store.
     #[error("competing subscriber {0} needs a bus with a lease store (BusBuilder::lease_store)")]
     NoLeaseStore(String),
+    /// A broker subscriber needs a bus with a transport.
+    #[error("broker subscriber {0} needs a bus with a transport (BusBuilder::transport)")]
+    NoTransport(String),
     /// Only durable subscribers can compete.
     #[error("subscriber {0} is competing but not durable: competing needs DeliveryMode::Durable")]
     CompetingNotDurable(String),
@@ -437,6 +446,9 @@ pub enum DeadLetterError {
     /// The store behind the dead letters failed.
     #[error("dead-letter store failed: {0}")]
     Store(#[source] BoxError),
+    /// The broker did not take a retried dead letter; it stays in place.
+    #[error("could not send the dead letter back through the broker: {0}")]
+    Transport(#[from] crate::transport::TransportError),
 }
 
 /// A durable-subscriber operation failed.

@@ -258,10 +258,11 @@ pub mod middleware;
 pub mod store;
 pub mod testing;
 pub mod topic;
+pub mod transport;
 
 pub use crate::bus::{
-    Bus, BusBuilder, DEFAULT_LEASE_TTL, DEFAULT_PARTITIONS, DeliveryMode, RetryOutcome, Subscriber,
-    SubscriberInfo, SubscriberState,
+    Bus, BusBuilder, DEFAULT_LEASE_TTL, DEFAULT_PARTITIONS, DEFAULT_PREFETCH, DeliveryMode,
+    RetryOutcome, Subscriber, SubscriberInfo, SubscriberState,
 };
 pub use crate::dead_letter::{
     DeadLetter, DeadLetterQuery, DeadLetterStore, MemoryDeadLetterStore, NewDeadLetter,
