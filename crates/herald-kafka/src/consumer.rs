@@ -117,6 +117,10 @@ impl ConsumerShared {
     /// Marks one delivery settled and stores the offset after the
     /// contiguous settled prefix of its partition.
     fn settle(&self, key: &PartKey, generation: u64, offset: i64) -> Result<(), TransportError> {
+        // Taken before the lock and so dropped after it: were this the last
+        // handle, dropping it closes the member, whose revoke callback
+        // takes the lock.
+        let consumer = self.consumer.get().and_then(Weak::upgrade);
         let mut state = lock(&self.state);
         let Some(part) = state.parts.get_mut(key) else {
             // The partition was revoked: its new owner handles it again.
@@ -139,7 +143,7 @@ impl ConsumerShared {
             // out of order.
             Some(next) => {
                 part.stored = Some(next);
-                match self.consumer.get().and_then(Weak::upgrade) {
+                match &consumer {
                     Some(consumer) => consumer
                         .store_offset(&key.0, key.1, next)
                         .map_err(|e| TransportError::broker(NAME, e)),
@@ -482,6 +486,47 @@ impl Acker for KafkaAcker {
     }
 }
 
+/// At most this many messages are taken from librdkafka's queue at once.
+const MAX_BATCH: usize = 1024;
+
+/// When a message was produced, then when its event was recorded: the
+/// order messages of different partitions are handed out in.
+type SortKey = (i64, i64);
+
+/// Merges messages of several partitions by [`SortKey`], keeping each
+/// partition's own order whatever the clocks say: Kafka orders partitions
+/// only one by one, and a batch often holds several (new topics assigned
+/// together, say), in the order librdkafka fetched them.
+fn merge(batch: Vec<(SortKey, Pending)>) -> Vec<Pending> {
+    if batch.len() < 2 {
+        return batch.into_iter().map(|(_, p)| p).collect();
+    }
+    let mut queues: Vec<(PartKey, VecDeque<(SortKey, Pending)>)> = Vec::new();
+    for (sort, pending) in batch {
+        match queues.iter_mut().find(|(k, _)| *k == pending.key) {
+            Some((_, queue)) => queue.push_back((sort, pending)),
+            None => queues.push((pending.key.clone(), VecDeque::from([(sort, pending)]))),
+        }
+    }
+    if queues.len() == 1 {
+        return queues
+            .pop()
+            .map(|(_, q)| q.into_iter().map(|(_, p)| p).collect())
+            .unwrap_or_default();
+    }
+    let mut merged = Vec::new();
+    loop {
+        let first = queues
+            .iter()
+            .enumerate()
+            .filter_map(|(i, (_, q))| q.front().map(|(sort, _)| (*sort, i)))
+            .min();
+        let Some((_, i)) = first else { break };
+        merged.extend(queues[i].1.pop_front().map(|(_, p)| p));
+    }
+    merged
+}
+
 /// The polling thread's state.
 struct Poller {
     consumer: Arc<BaseConsumer<Context>>,
@@ -506,12 +551,23 @@ impl Poller {
                 (due - Utc::now()).to_std().unwrap_or(Duration::ZERO).min(POLL)
             });
             let consumer = Arc::clone(&self.consumer);
-            match consumer.poll(wait) {
-                None => {}
-                Some(Ok(message)) => self.take(&message),
-                Some(Err(err)) => {
-                    tracing::debug!(subscriber = %self.shared.subscriber, error = %err, "kafka consumer error; librdkafka retries by itself");
+            let mut batch = Vec::new();
+            let mut wait = wait;
+            // Everything already fetched is taken at once, so that it can
+            // be handed out in publish order across partitions.
+            while batch.len() < MAX_BATCH {
+                match consumer.poll(wait) {
+                    None => break,
+                    Some(Ok(message)) => batch.push(self.take(&message)),
+                    Some(Err(err)) => {
+                        tracing::debug!(subscriber = %self.shared.subscriber, error = %err, "kafka consumer error; librdkafka retries by itself");
+                        break;
+                    }
                 }
+                wait = Duration::ZERO;
+            }
+            for pending in merge(batch) {
+                self.dispatch(pending);
             }
         }
         let Self {
@@ -523,7 +579,7 @@ impl Poller {
         let _ = shared.stopped.send(true);
     }
 
-    fn take(&mut self, message: &rdkafka::message::BorrowedMessage<'_>) {
+    fn take(&mut self, message: &rdkafka::message::BorrowedMessage<'_>) -> (SortKey, Pending) {
         let key: PartKey = (Arc::from(message.topic()), message.partition());
         let offset = message.offset();
         let generation = {
@@ -565,13 +621,24 @@ impl Poller {
                 (None, None)
             }
         };
+        let sort = (
+            message.timestamp().to_millis().unwrap_or(0),
+            item.as_ref()
+                .map_or(0, |(event, _, _)| event.recorded_at().timestamp_micros()),
+        );
         let pending = Pending {
-            key: key.clone(),
+            key,
             generation,
             offset,
             item,
             not_before,
         };
+        (sort, pending)
+    }
+
+    fn dispatch(&mut self, pending: Pending) {
+        let key = pending.key.clone();
+        let generation = pending.generation;
         if let Some(queue) = self.delayed.get_mut(&key) {
             queue.retain(|p| p.generation == generation);
             queue.push_back(pending);
@@ -662,5 +729,42 @@ impl Poller {
             tpl.add_partition(&key.0, key.1);
         }
         let _ = self.consumer.resume(&tpl);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pending(topic: &str, offset: i64) -> Pending {
+        Pending {
+            key: (Arc::from(topic), 0),
+            generation: 1,
+            offset,
+            item: None,
+            not_before: None,
+        }
+    }
+
+    #[test]
+    fn merges_partitions_by_time_keeping_each_partitions_order() {
+        let batch = vec![
+            ((5, 0), pending("b", 0)),
+            ((1, 0), pending("a", 0)),
+            // A clock that went back: still after a's offset 0.
+            ((0, 0), pending("a", 1)),
+            ((3, 0), pending("c", 0)),
+            ((6, 0), pending("b", 1)),
+        ];
+        let order: Vec<(String, i64)> = merge(batch)
+            .into_iter()
+            .map(|p| (p.key.0.to_string(), p.offset))
+            .collect();
+        let want = [("a", 0), ("a", 1), ("c", 0), ("b", 0), ("b", 1)];
+        assert_eq!(
+            order,
+            want.map(|(t, o)| (t.to_owned(), o)).to_vec(),
+            "by time across partitions, by offset within one"
+        );
     }
 }
