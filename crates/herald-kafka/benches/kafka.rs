@@ -63,7 +63,9 @@ async fn main() {
     let run = EventId::new().to_string().replace('-', "");
     let prefix = format!("bench-{}", &run[run.len() - 8..]);
     let config = KafkaConfig::new(&brokers).prefix(&prefix).partitions(3);
-    let transport = KafkaTransport::connect(config.clone()).await.expect("connect");
+    let transport = KafkaTransport::connect(config.clone())
+        .await
+        .expect("connect");
     let body = serde_json::to_vec(&payload(0)).unwrap();
     println!(
         "kafka bench: {n} events of {} bytes of JSON, broker {brokers}",

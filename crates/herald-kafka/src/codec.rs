@@ -57,7 +57,10 @@ impl Names {
         check_name(subscriber)?;
         let topic = format!("{}-retry.{subscriber}", self.prefix);
         if topic.len() > MAX_TOPIC {
-            return Err(invalid(subscriber, "the retry topic name would be too long"));
+            return Err(invalid(
+                subscriber,
+                "the retry topic name would be too long",
+            ));
         }
         Ok(topic)
     }
@@ -323,11 +326,17 @@ mod tests {
     #[test]
     fn maps_each_type_to_its_own_topic_or_its_categorys() {
         let per_type = names(TopicMapping::PerType);
-        assert_eq!(per_type.event_topic("order.line.added"), "app.order.line.added");
+        assert_eq!(
+            per_type.event_topic("order.line.added"),
+            "app.order.line.added"
+        );
         let per_category = names(TopicMapping::PerCategory);
         assert_eq!(per_category.event_topic("order.line.added"), "app.order");
         assert_eq!(per_category.event_topic("order"), "app.order");
-        assert_eq!(per_type.retry_topic("billing").unwrap(), "app-retry.billing");
+        assert_eq!(
+            per_type.retry_topic("billing").unwrap(),
+            "app-retry.billing"
+        );
         assert_eq!(per_type.dead_letter_topic(), "app-dlq");
         assert_eq!(per_type.group("billing"), "app.billing");
     }
@@ -335,7 +344,10 @@ mod tests {
     #[test]
     fn turns_patterns_into_topic_regexes() {
         let per_type = names(TopicMapping::PerType);
-        assert_eq!(per_type.pattern_regex(&pattern("order.*")), r"^app\.order\.[^.]+$");
+        assert_eq!(
+            per_type.pattern_regex(&pattern("order.*")),
+            r"^app\.order\.[^.]+$"
+        );
         assert_eq!(
             per_type.pattern_regex(&pattern("order.#")),
             r"^app\.order(\.[^.]+)*$"
@@ -346,7 +358,10 @@ mod tests {
             r"^app\.order\.created$"
         );
         let per_category = names(TopicMapping::PerCategory);
-        assert_eq!(per_category.pattern_regex(&pattern("order.*")), r"^app\.order$");
+        assert_eq!(
+            per_category.pattern_regex(&pattern("order.*")),
+            r"^app\.order$"
+        );
         assert_eq!(per_category.pattern_regex(&pattern("#")), r"^app\.[^.]+$");
         assert_eq!(Names::exact_regex("app-retry.x.y"), r"^app-retry\.x\.y$");
     }
@@ -399,7 +414,10 @@ mod tests {
         );
         assert_eq!(back.metadata(), event.metadata());
         assert_eq!(back.data().to_value(), event.data().to_value());
-        assert_eq!(back.clone().into_parts().origin, event.clone().into_parts().origin);
+        assert_eq!(
+            back.clone().into_parts().origin,
+            event.clone().into_parts().origin
+        );
         assert_eq!(envelope.attempt, 1);
         assert!(envelope.errors.is_empty() && envelope.not_before.is_none());
         assert_eq!(key(&event), "order-1");

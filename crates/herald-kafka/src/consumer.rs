@@ -285,12 +285,11 @@ pub(crate) fn open(
         revoke_drain: transport.config.revoke_drain,
     });
     let group = transport.names.group(&spec.name);
-    let consumer: BaseConsumer<Context> =
-        topics::consumer_config(&transport.config, &group)
-            .create_with_context(Context {
-                shared: Arc::clone(&shared),
-            })
-            .map_err(|e| TransportError::connection(NAME, e))?;
+    let consumer: BaseConsumer<Context> = topics::consumer_config(&transport.config, &group)
+        .create_with_context(Context {
+            shared: Arc::clone(&shared),
+        })
+        .map_err(|e| TransportError::connection(NAME, e))?;
     let refs: Vec<&str> = regexes.iter().map(String::as_str).collect();
     consumer
         .subscribe(&refs)
@@ -548,7 +547,10 @@ impl Poller {
             let next_due = self.release_due();
             self.backpressure();
             let wait = next_due.map_or(POLL, |due| {
-                (due - Utc::now()).to_std().unwrap_or(Duration::ZERO).min(POLL)
+                (due - Utc::now())
+                    .to_std()
+                    .unwrap_or(Duration::ZERO)
+                    .min(POLL)
             });
             let consumer = Arc::clone(&self.consumer);
             let mut batch = Vec::new();
@@ -609,11 +611,12 @@ impl Poller {
                 if !from_retry && self.per_category && !self.spec.matches(event.event_type()) {
                     (None, None)
                 } else {
-                    let not_before = if from_retry { envelope.not_before } else { None };
-                    (
-                        Some((event, envelope.attempt, envelope.errors)),
-                        not_before,
-                    )
+                    let not_before = if from_retry {
+                        envelope.not_before
+                    } else {
+                        None
+                    };
+                    (Some((event, envelope.attempt, envelope.errors)), not_before)
                 }
             }
             Err(err) => {

@@ -211,7 +211,11 @@ impl KafkaDeadLetters {
             .unwrap_or_else(|| u32::try_from(letter.errors.len()).unwrap_or(u32::MAX))
             .max(1);
         let key = (letter.subscriber.clone(), letter.event.id());
-        let updated = match letters.by_key.get(&key).and_then(|id| letters.by_id.get(id)) {
+        let updated = match letters
+            .by_key
+            .get(&key)
+            .and_then(|id| letters.by_id.get(id))
+        {
             Some(existing) => {
                 let mut updated = existing.clone();
                 updated.attempts = updated.attempts.saturating_add(attempts);

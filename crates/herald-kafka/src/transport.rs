@@ -129,6 +129,9 @@ impl KafkaTransport {
     }
 }
 
+/// A record to send: its topic, its event and headers beyond the event's.
+pub(crate) type Outgoing<'a> = (String, &'a RecordedEvent, Vec<(String, String)>);
+
 impl Inner {
     pub(crate) fn dead_letter_store_ref(&self) -> &KafkaDeadLetters {
         &self.dead_letters
@@ -137,10 +140,7 @@ impl Inner {
     /// Sends `(topic, event, extra headers)` records and waits for the
     /// broker to acknowledge every one: all are handed to the producer
     /// first, so that they travel in batches, then all are awaited.
-    pub(crate) async fn send(
-        &self,
-        records: Vec<(String, &RecordedEvent, Vec<(String, String)>)>,
-    ) -> Result<(), TransportError> {
+    pub(crate) async fn send(&self, records: Vec<Outgoing<'_>>) -> Result<(), TransportError> {
         let mut pending = Vec::with_capacity(records.len());
         for (topic, event, extra) in &records {
             let key = codec::key(event);
@@ -213,15 +213,16 @@ impl Inner {
             .await?;
         let mut extra = vec![(codec::ATTEMPT.to_owned(), attempt.to_string())];
         if !delay.is_zero() {
-            let not_before = Utc::now()
-                + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::MAX);
+            let not_before =
+                Utc::now() + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::MAX);
             extra.push((
                 codec::NOT_BEFORE.to_owned(),
                 not_before.timestamp_millis().to_string(),
             ));
         }
         if !errors.is_empty() {
-            let json = serde_json::to_string(errors).map_err(|e| TransportError::broker(NAME, e))?;
+            let json =
+                serde_json::to_string(errors).map_err(|e| TransportError::broker(NAME, e))?;
             extra.push((codec::ERRORS.to_owned(), json));
         }
         let result = self.send(vec![(topic.clone(), event, extra)]).await;

@@ -115,7 +115,11 @@ async fn wait_until_committed(brokers: &str, prefix: &str) {
                             .unwrap_or(-1)
                             .max(0);
                         if at < high {
-                            behind.push(format!("{}/{}: {at} < {high}", topic.name(), partition.id()));
+                            behind.push(format!(
+                                "{}/{}: {at} < {high}",
+                                topic.name(),
+                                partition.id()
+                            ));
                         }
                     }
                 }

@@ -99,7 +99,10 @@ async fn writes_the_stream_as_key_the_data_as_payload_and_the_rest_in_headers() 
     let prefix = support::prefix("wire");
     let transport = support::transport(&prefix).await;
     let sent = event("order.created", "order-9", 3);
-    transport.publish(&[sent.clone()]).await.unwrap();
+    transport
+        .publish(std::slice::from_ref(&sent))
+        .await
+        .unwrap();
 
     let topic = transport.topic_of("order.created");
     assert_eq!(topic, format!("{prefix}.order.created"));
@@ -117,7 +120,10 @@ async fn writes_the_stream_as_key_the_data_as_payload_and_the_rest_in_headers() 
         reader.assign(&tpl).unwrap();
         let deadline = std::time::Instant::now() + PATIENCE;
         loop {
-            assert!(std::time::Instant::now() < deadline, "no message on {topic}");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no message on {topic}"
+            );
             if let Some(Ok(m)) = reader.poll(Duration::from_millis(200)) {
                 let headers: HashMap<String, String> = m
                     .headers()
@@ -171,9 +177,10 @@ async fn writes_the_stream_as_key_the_data_as_payload_and_the_rest_in_headers() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn never_commits_past_an_unsettled_event() {
     let prefix = support::prefix("offsets");
-    let transport = KafkaTransport::connect(support::config(&support::brokers(), &prefix).partitions(1))
-        .await
-        .unwrap();
+    let transport =
+        KafkaTransport::connect(support::config(&support::brokers(), &prefix).partitions(1))
+            .await
+            .unwrap();
     let mut consumer = transport
         .subscribe(&spec("ledger", &["probe.*"]))
         .await
@@ -186,13 +193,19 @@ async fn never_commits_past_an_unsettled_event() {
         ])
         .await
         .unwrap();
-    transport.publish(&[event("probe.b", "t", 0)]).await.unwrap();
+    transport
+        .publish(&[event("probe.b", "t", 0)])
+        .await
+        .unwrap();
 
     let mut held: HashMap<(String, u64), Delivery> = HashMap::new();
     while held.len() < 4 {
         let d = next(&mut consumer).await;
         held.insert(
-            (d.event().event_type().to_owned(), d.event().version().unwrap()),
+            (
+                d.event().event_type().to_owned(),
+                d.event().version().unwrap(),
+            ),
             d,
         );
     }
@@ -228,7 +241,10 @@ async fn picks_up_a_matching_topic_created_after_subscribing() {
         .unwrap();
     // The topic does not exist until this publish creates it.
     let sent = event("late.arrival", "x", 0);
-    transport.publish(&[sent.clone()]).await.unwrap();
+    transport
+        .publish(std::slice::from_ref(&sent))
+        .await
+        .unwrap();
     let got = next(&mut consumer).await;
     assert_eq!(got.event().id(), sent.id());
     got.ack().await.unwrap();
@@ -262,7 +278,11 @@ async fn hands_a_released_event_out_again_and_holds_back_past_the_prefetch() {
     assert_eq!(first.event().id(), events[0].id());
     first.release().await.unwrap();
     let again = next(&mut consumer).await;
-    assert_eq!(again.event().id(), events[0].id(), "the released event first");
+    assert_eq!(
+        again.event().id(),
+        events[0].id(),
+        "the released event first"
+    );
     let second = next(&mut consumer).await;
     assert_eq!(second.event().id(), events[1].id());
     // Two are out unsettled: the third waits for a settlement.
@@ -290,7 +310,10 @@ async fn filters_a_category_topic_by_type() {
         .mapping(TopicMapping::PerCategory)
         .partitions(1);
     let transport = KafkaTransport::connect(config).await.unwrap();
-    assert_eq!(transport.topic_of("order.line.added"), format!("{prefix}.order"));
+    assert_eq!(
+        transport.topic_of("order.line.added"),
+        format!("{prefix}.order")
+    );
     let mut consumer = transport
         .subscribe(&spec("shipping", &["order.paid"]))
         .await
