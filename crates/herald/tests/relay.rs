@@ -391,11 +391,14 @@ fn spawning_outside_a_runtime_is_an_error() {
     assert!(matches!(err, RelayError::NoRuntime(_)), "{err}");
 }
 
+/// Who published, when, how many events.
+type PublishLog = Arc<Mutex<Vec<(&'static str, Instant, usize)>>>;
+
 /// A broker handle that records which relay published what.
 struct Tagged {
     inner: MemoryTransport,
     tag: &'static str,
-    log: Arc<Mutex<Vec<(&'static str, Instant, usize)>>>,
+    log: PublishLog,
 }
 
 #[async_trait]
@@ -448,7 +451,7 @@ async fn only_the_lease_holder_relays_and_another_takes_over_when_it_dies() {
     let store = Arc::new(MemoryStore::new());
     let broker = MemoryTransport::new();
     let mut all = consumer(&broker, "all", "#").await;
-    let log = Arc::new(Mutex::new(Vec::new()));
+    let log: PublishLog = Arc::default();
     let transport = |tag| {
         Arc::new(Tagged {
             inner: broker.clone(),
@@ -571,4 +574,66 @@ async fn a_stopped_lease_holder_hands_over_without_waiting_for_the_ttl() {
         assert_stream_order(&seen),
         ids.iter().copied().collect::<HashSet<_>>()
     );
+}
+
+#[test]
+fn forwarded_events_failures_and_lag_are_reported_as_metrics() {
+    use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    // A thread-local recorder, and a runtime on this thread, so that other
+    // tests running at the same time do not report into it.
+    let _guard = metrics::set_default_local_recorder(&recorder);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let store = Arc::new(MemoryStore::new());
+        let broker = MemoryTransport::new();
+        let flaky = Arc::new(Flaky {
+            inner: broker.clone(),
+            every: 2,
+            calls: AtomicUsize::new(0),
+            failed: AtomicUsize::new(0),
+        });
+        append_interleaved(&store, "metered", 2, 10).await;
+        let relay = Relay::builder("metered", Arc::clone(&store), flaky.clone())
+            .batch_size(5)
+            .spawn()
+            .unwrap();
+        wait_forwarded(&relay, 20).await;
+        relay.stop().await;
+    });
+
+    let metric = |name: &str| {
+        snapshotter
+            .snapshot()
+            .into_vec()
+            .into_iter()
+            .find(|(key, _, _, _)| {
+                let key = key.key();
+                key.name() == name
+                    && key
+                        .labels()
+                        .any(|l| l.key() == "relay" && l.value() == "metered")
+            })
+            .map(|(_, _, _, value)| value)
+    };
+    // Four batches of five confirmed in seven calls: every second call
+    // fails, so the second, third and fourth batch each failed once first.
+    // Events a failed call handed over are not counted as forwarded.
+    match metric("herald_relay_forwarded_total") {
+        Some(DebugValue::Counter(n)) => assert_eq!(n, 20),
+        other => panic!("forwarded: {other:?}"),
+    }
+    match metric("herald_relay_publish_failures_total") {
+        Some(DebugValue::Counter(n)) => assert_eq!(n, 3),
+        other => panic!("failures: {other:?}"),
+    }
+    match metric("herald_relay_lag") {
+        Some(DebugValue::Gauge(lag)) => assert_eq!(lag.into_inner(), 0.0),
+        other => panic!("lag: {other:?}"),
+    }
 }
