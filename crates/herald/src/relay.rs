@@ -276,9 +276,10 @@ impl Relay {
         let _ = rx.wait_for(|p| *p >= position).await;
     }
 
-    /// The checkpoint as the store has it: the position up to which every
-    /// matching event was confirmed by the broker and saved (the lease
-    /// store's, with a lease store).
+    /// The saved checkpoint: the position up to which every matching event
+    /// was confirmed by the broker. With a lease store it is read from
+    /// there (whoever holds the lease saved it); without, it is the last one
+    /// this relay saved or loaded.
     ///
     /// # Errors
     ///

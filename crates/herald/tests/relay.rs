@@ -299,6 +299,38 @@ async fn a_failing_broker_leads_to_no_loss_and_no_skip() {
 }
 
 #[tokio::test]
+async fn a_relay_started_from_now_skips_the_history() {
+    let store = Arc::new(MemoryStore::new());
+    let broker = Arc::new(MemoryTransport::new());
+    let mut all = consumer(&broker, "all", "#").await;
+    append_interleaved(&store, "history", 2, 5).await;
+    let relay = Relay::builder("from-now", Arc::clone(&store), broker.clone())
+        .start_from(herald::StartFrom::Now)
+        .spawn()
+        .unwrap();
+    tokio::time::timeout(PATIENCE, async {
+        while CheckpointStore::load(&*store, &checkpoint_name("from-now"))
+            .await
+            .unwrap()
+            != Some(10)
+        {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("the relay saved the head as its checkpoint");
+    let ids = append_interleaved(&store, "new", 1, 3).await;
+    wait_forwarded(&relay, 13).await;
+    let seen = drain(&broker, "all", &mut *all).await;
+    assert_eq!(
+        seen.iter().map(|(_, _, id)| *id).collect::<Vec<_>>(),
+        ids,
+        "only the events appended after it started"
+    );
+    relay.stop().await;
+}
+
+#[tokio::test]
 async fn a_topic_filter_forwards_only_matching_types() {
     let store = Arc::new(MemoryStore::new());
     let broker = Arc::new(MemoryTransport::new());
