@@ -309,8 +309,9 @@ impl Relay {
 
     /// Stops the relay after its current batch (confirmed and saved, or
     /// abandoned if the broker keeps failing), gives its lease back, and
-    /// waits for all that.
-    pub async fn stop(self) {
+    /// waits for all that. Calling it again returns at once; the accessors
+    /// keep answering with the last values.
+    pub async fn stop(&self) {
         self.runner.stop().await;
     }
 }
@@ -386,7 +387,7 @@ impl RelayBuilder {
     }
 
     /// How long the lease lasts without renewal, with a lease store
-    /// ([`DEFAULT_LEASE_TTL`](crate::DEFAULT_LEASE_TTL) unless set): a
+    /// ([`DEFAULT_LEASE_TTL`] unless set): a
     /// standby takes over within about this after the active relay died.
     pub fn lease_ttl(mut self, ttl: Duration) -> Self {
         self.lease_ttl = ttl;

@@ -9,7 +9,10 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use herald::relay::{Relay, RelayError, checkpoint_name};
-use herald::store::{CheckpointStore, EventStore, ExpectedVersion, MemoryStore, StreamName};
+use herald::store::{
+    CheckpointStore, EventStore, ExpectedVersion, GroupView, Lease, LeaseStore, MemoryStore,
+    PartitionState, StoreError, StreamName,
+};
 use herald::transport::{Consumer, ConsumerSpec, MemoryTransport, Transport, TransportError};
 use herald::{
     Bus, ConfigError, DeadLetterStore, EventId, NewEvent, RecordedEvent, SubscribeError,
@@ -668,4 +671,180 @@ fn forwarded_events_failures_and_lag_are_reported_as_metrics() {
         Some(DebugValue::Gauge(lag)) => assert_eq!(lag.into_inner(), 0.0),
         other => panic!("lag: {other:?}"),
     }
+}
+
+/// A lease store whose renewals can be cut off, as a network partition
+/// between one relay and the store would.
+struct Cuttable {
+    inner: Arc<MemoryStore>,
+    cut: std::sync::atomic::AtomicBool,
+}
+
+#[async_trait]
+impl LeaseStore for Cuttable {
+    async fn renew(
+        &self,
+        group: &str,
+        member: &str,
+        ttl: Duration,
+    ) -> Result<GroupView, StoreError> {
+        if self.cut.load(Ordering::SeqCst) {
+            return Err(StoreError::backend("cut off from the lease store"));
+        }
+        self.inner.renew(group, member, ttl).await
+    }
+
+    async fn acquire(
+        &self,
+        group: &str,
+        member: &str,
+        partition: u32,
+        ttl: Duration,
+        initial: u64,
+    ) -> Result<Option<Lease>, StoreError> {
+        self.inner
+            .acquire(group, member, partition, ttl, initial)
+            .await
+    }
+
+    async fn save(
+        &self,
+        group: &str,
+        member: &str,
+        lease: Lease,
+        position: u64,
+    ) -> Result<bool, StoreError> {
+        LeaseStore::save(&*self.inner, group, member, lease, position).await
+    }
+
+    async fn release(&self, group: &str, member: &str, partition: u32) -> Result<(), StoreError> {
+        self.inner.release(group, member, partition).await
+    }
+
+    async fn leave(&self, group: &str, member: &str) -> Result<(), StoreError> {
+        self.inner.leave(group, member).await
+    }
+
+    async fn rewind(&self, group: &str, partitions: u32, position: u64) -> Result<(), StoreError> {
+        self.inner.rewind(group, partitions, position).await
+    }
+
+    async fn partitions(&self, group: &str) -> Result<Vec<PartitionState>, StoreError> {
+        self.inner.partitions(group).await
+    }
+}
+
+/// A broker handle whose publishes wait while its gate is closed.
+struct Gated {
+    inner: MemoryTransport,
+    open: tokio::sync::watch::Sender<bool>,
+    waiting: tokio::sync::Notify,
+    /// Events published through the gate.
+    passed: AtomicUsize,
+}
+
+#[async_trait]
+impl Transport for Gated {
+    fn name(&self) -> &'static str {
+        "gated"
+    }
+
+    async fn publish(&self, events: &[RecordedEvent]) -> Result<(), TransportError> {
+        let mut open = self.open.subscribe();
+        if !*open.borrow() {
+            self.waiting.notify_one();
+            let _ = open.wait_for(|o| *o).await;
+        }
+        self.inner.publish(events).await?;
+        self.passed.fetch_add(events.len(), Ordering::SeqCst);
+        Ok(())
+    }
+
+    async fn subscribe(&self, spec: &ConsumerSpec) -> Result<Box<dyn Consumer>, TransportError> {
+        self.inner.subscribe(spec).await
+    }
+
+    async fn redeliver(
+        &self,
+        subscriber: &str,
+        event: &RecordedEvent,
+    ) -> Result<(), TransportError> {
+        self.inner.redeliver(subscriber, event).await
+    }
+
+    fn dead_letters(&self) -> Arc<dyn DeadLetterStore> {
+        self.inner.dead_letters()
+    }
+
+    async fn close(&self) -> Result<(), TransportError> {
+        self.inner.close().await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_that_lost_its_lease_cannot_move_the_checkpoint() {
+    const TTL: Duration = Duration::from_millis(300);
+    let store = Arc::new(MemoryStore::new());
+    let broker = MemoryTransport::new();
+    let mut all = consumer(&broker, "all", "#").await;
+    let leases_a = Arc::new(Cuttable {
+        inner: Arc::clone(&store),
+        cut: false.into(),
+    });
+    let gated = Arc::new(Gated {
+        inner: broker.clone(),
+        open: tokio::sync::watch::channel(false).0,
+        waiting: tokio::sync::Notify::new(),
+        passed: AtomicUsize::new(0),
+    });
+    let a = Relay::builder("fenced", Arc::clone(&store), gated.clone())
+        .lease_store(leases_a.clone())
+        .lease_ttl(TTL)
+        .spawn()
+        .unwrap();
+    until("the first relay holds the lease", || a.is_active()).await;
+    let b = Relay::builder("fenced", Arc::clone(&store), Arc::new(broker.clone()))
+        .lease_store(store.clone())
+        .lease_ttl(TTL)
+        .spawn()
+        .unwrap();
+
+    // The first relay publishes a batch the broker does not confirm yet,
+    // and loses touch with the lease store meanwhile.
+    let mut ids = append_interleaved(&store, "fenced", 2, 5).await;
+    tokio::time::timeout(PATIENCE, gated.waiting.notified())
+        .await
+        .expect("the first relay publishes");
+    leases_a.cut.store(true, Ordering::SeqCst);
+    // Its lease expires; the second relay takes over and moves on.
+    ids.extend(append_interleaved(&store, "fenced", 2, 5).await);
+    wait_forwarded(&b, 20).await;
+    assert_eq!(b.checkpoint().await.unwrap(), 20);
+
+    // The late confirm comes; the first relay must not save its checkpoint
+    // (where its batch ended, at most 10) over the second's (20). Stopping
+    // it waits for its worker, which finishes the batch and tries to save:
+    // when `stop` returns, the save has been tried.
+    gated.open.send_replace(true);
+    a.stop().await;
+    assert!(
+        gated.passed.load(Ordering::SeqCst) > 0,
+        "the late batch was published"
+    );
+    assert!(
+        a.forwarded() > 0 && a.forwarded() <= 10,
+        "{}",
+        a.forwarded()
+    );
+    let partitions = store.partitions(&checkpoint_name("fenced")).await.unwrap();
+    assert_eq!(partitions[0].position, 20, "the checkpoint moved back");
+
+    ids.extend(append_interleaved(&store, "fenced", 2, 5).await);
+    wait_forwarded(&b, 30).await;
+    b.stop().await;
+    let seen = drain(&broker, "all", &mut *all).await;
+    assert_eq!(
+        assert_stream_order(&seen[..]),
+        ids.iter().copied().collect::<HashSet<_>>()
+    );
 }
