@@ -95,7 +95,10 @@
 //! | after the checkpoint save | the next batch: nothing repeated |
 //!
 //! So at most one batch (the one in flight) is published twice per crash,
-//! and nothing is lost.
+//! and nothing is lost. [`Relay::stop`] is the graceful way out: it lets the
+//! batch in flight be confirmed and saved (waiting at most [`STOP_GRACE`]
+//! for a broker that does not answer, then leaving that batch to the next
+//! relay), so a stop and a restart repeat nothing in the usual case.
 //!
 //! # Checkpoint
 //!
@@ -165,6 +168,11 @@ pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(1);
 /// The shortest lease TTL a relay accepts: it renews every third of it.
 const MIN_LEASE_TTL: Duration = Duration::from_millis(30);
 
+/// How long a stopping relay waits for the broker to confirm the batch in
+/// flight before it gives the batch up (to be published again by the next
+/// relay), so that a broker that never answers cannot hold a shutdown.
+pub const STOP_GRACE: Duration = Duration::from_secs(5);
+
 /// The name under which relay `relay` keeps its checkpoint in the
 /// [`CheckpointStore`] (and its lease group in a [`LeaseStore`]).
 ///
@@ -204,6 +212,8 @@ pub struct Relay {
     runner: DurableRunner,
     forwarder: Arc<Forwarder>,
     store: Arc<dyn EventStore>,
+    /// Tells a publish in flight that the relay is stopping.
+    halt: watch::Sender<bool>,
 }
 
 impl Relay {
@@ -307,17 +317,21 @@ impl Relay {
             .is_none_or(|owned| owned.contains(&0))
     }
 
-    /// Stops the relay after its current batch (confirmed and saved, or
-    /// abandoned if the broker keeps failing), gives its lease back, and
-    /// waits for all that. Calling it again returns at once; the accessors
-    /// keep answering with the last values.
+    /// Stops the relay after its current batch, gives its lease back, and
+    /// waits for all that. The batch in flight is confirmed and saved, or,
+    /// when the broker fails it or has not confirmed it within
+    /// [`STOP_GRACE`], given up: the next relay publishes it again. Calling
+    /// it again returns at once; the accessors keep answering with the last
+    /// values.
     pub async fn stop(&self) {
+        self.halt.send_replace(true);
         self.runner.stop().await;
     }
 }
 
 impl Drop for Relay {
     fn drop(&mut self) {
+        self.halt.send_replace(true);
         self.runner.ask_to_stop();
     }
 }
@@ -434,12 +448,14 @@ impl RelayBuilder {
         };
         let key = checkpoint_name(&self.name);
         let (forwarded, _) = watch::channel(0);
+        let (halt, halted) = watch::channel(false);
         let forwarder = Arc::new(Forwarder {
             key,
             relay: self.name.clone(),
             transport: self.transport,
             forwarded,
             failures: AtomicU32::new(0),
+            halted,
         });
         let settings = DurableSettings {
             topics,
@@ -470,6 +486,7 @@ impl RelayBuilder {
             runner,
             forwarder,
             store: self.store,
+            halt,
         })
     }
 }
@@ -484,6 +501,8 @@ struct Forwarder {
     forwarded: watch::Sender<u64>,
     /// Publish failures in a row, for the logs.
     failures: AtomicU32,
+    /// Set once the relay is asked to stop.
+    halted: watch::Receiver<bool>,
 }
 
 impl Forwarder {
@@ -504,7 +523,26 @@ impl Forwarder {
         let (Some(first), Some(last)) = (events.first(), events.last()) else {
             return true;
         };
-        match self.transport.publish(events).await {
+        let mut halted = self.halted.clone();
+        let given_up = async {
+            let _ = halted.wait_for(|h| *h).await;
+            tokio::time::sleep(STOP_GRACE).await;
+        };
+        let outcome = tokio::select! {
+            outcome = self.transport.publish(events) => outcome,
+            () = given_up => {
+                tracing::warn!(
+                    relay = %self.relay,
+                    transport = self.transport.name(),
+                    events = events.len(),
+                    first_position = first.position(),
+                    grace = ?STOP_GRACE,
+                    "relay stopping: the broker did not confirm the batch in time; it will be published again"
+                );
+                return false;
+            }
+        };
+        match outcome {
             Ok(()) => {
                 let failures = self.failures.swap(0, Ordering::Relaxed);
                 if failures > 0 {

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use herald::relay::{Relay, RelayError, checkpoint_name};
+use herald::relay::{Relay, RelayError, STOP_GRACE, checkpoint_name};
 use herald::store::{
     CheckpointStore, EventStore, ExpectedVersion, GroupView, Lease, LeaseStore, MemoryStore,
     PartitionState, StoreError, StreamName,
@@ -847,4 +847,47 @@ async fn a_relay_that_lost_its_lease_cannot_move_the_checkpoint() {
         assert_stream_order(&seen[..]),
         ids.iter().copied().collect::<HashSet<_>>()
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stopping_relay_gives_up_a_batch_the_broker_never_confirms() {
+    let store = Arc::new(MemoryStore::new());
+    let broker = MemoryTransport::new();
+    let mut all = consumer(&broker, "all", "#").await;
+    // A gate never opened: a broker that never answers.
+    let silent = Arc::new(Gated {
+        inner: broker.clone(),
+        open: tokio::sync::watch::channel(false).0,
+        waiting: tokio::sync::Notify::new(),
+        passed: AtomicUsize::new(0),
+    });
+    let relay = Relay::builder("silent", Arc::clone(&store), silent.clone())
+        .spawn()
+        .unwrap();
+    append_interleaved(&store, "silent", 1, 3).await;
+    tokio::time::timeout(PATIENCE, silent.waiting.notified())
+        .await
+        .expect("the relay publishes");
+
+    let asked = tokio::time::Instant::now();
+    tokio::time::timeout(STOP_GRACE * 2, relay.stop())
+        .await
+        .expect("stop returns although the broker never answers");
+    assert!(asked.elapsed() >= STOP_GRACE, "{:?}", asked.elapsed());
+    assert_eq!(relay.forwarded(), 0);
+    assert_eq!(
+        CheckpointStore::load(&*store, &checkpoint_name("silent"))
+            .await
+            .unwrap(),
+        None,
+        "the unconfirmed batch moved the checkpoint"
+    );
+
+    // The next relay publishes the batch given up.
+    let next = Relay::builder("silent", Arc::clone(&store), Arc::new(broker.clone()))
+        .spawn()
+        .unwrap();
+    wait_forwarded(&next, 3).await;
+    next.stop().await;
+    assert_eq!(drain(&broker, "all", &mut *all).await.len(), 3);
 }
