@@ -1908,6 +1908,9 @@ impl BusInner {
         if sub.name.is_empty() || sub.name.len() > 255 {
             return Err(SubscribeError::InvalidName(sub.name));
         }
+        if sub.name.starts_with(crate::relay::CHECKPOINT_PREFIX) {
+            return Err(SubscribeError::ReservedName(sub.name));
+        }
         if sub.topics.is_empty() {
             return Err(SubscribeError::NoTopics(sub.name));
         }
