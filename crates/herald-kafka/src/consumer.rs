@@ -144,8 +144,10 @@ impl ConsumerShared {
             Some(next) => {
                 part.stored = Some(next);
                 match &consumer {
+                    // librdkafka's `rd_kafka_offset_store` takes the last
+                    // offset handled and commits the one after it.
                     Some(consumer) => consumer
-                        .store_offset(&key.0, key.1, next)
+                        .store_offset(&key.0, key.1, next - 1)
                         .map_err(|e| TransportError::broker(NAME, e)),
                     None => Err(TransportError::Closed(NAME)),
                 }
@@ -421,6 +423,7 @@ struct KafkaAcker {
 
 impl KafkaAcker {
     fn settle(mut self) -> Result<(), TransportError> {
+        self.transport.check_open()?;
         let pending = self.pending.take().ok_or(TransportError::Closed(NAME))?;
         self.shared
             .settle(&pending.key, pending.generation, pending.offset)
@@ -455,6 +458,7 @@ impl Acker for KafkaAcker {
         attempt: u32,
         errors: Vec<AttemptError>,
     ) -> Result<(), TransportError> {
+        self.transport.check_open()?;
         let event = self.event()?.clone();
         // On the retry topic first: if that fails, the drop gives the event
         // back and nothing is committed past it.
@@ -469,6 +473,7 @@ impl Acker for KafkaAcker {
         letter: NewDeadLetter,
         attempts: u32,
     ) -> Result<(), TransportError> {
+        self.transport.check_open()?;
         self.transport
             .dead_letter_store_ref()
             .record_attempts(letter, attempts)

@@ -11,13 +11,13 @@ use herald::{
 };
 use rdkafka::consumer::{BaseConsumer, Consumer as _};
 use rdkafka::message::Message;
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::FutureRecord;
 use rdkafka::{Offset, TopicPartitionList};
 use uuid::Uuid;
 
 use crate::codec;
 use crate::config::KafkaConfig;
-use crate::topics::{self, Topics};
+use crate::topics::{self, Producers, Topics};
 
 /// How long reading the topic up to its end may take.
 const CATCH_UP: Duration = Duration::from_secs(15);
@@ -44,7 +44,7 @@ pub struct KafkaDeadLetters {
 struct Inner {
     topic: String,
     config: KafkaConfig,
-    producer: FutureProducer,
+    producer: Arc<Producers>,
     topics: Arc<Topics>,
     /// One operation at a time, so that a read-then-write is not
     /// interleaved with another of this process.
@@ -95,7 +95,7 @@ impl KafkaDeadLetters {
     pub(crate) fn new(
         config: &KafkaConfig,
         topic: String,
-        producer: FutureProducer,
+        producer: Arc<Producers>,
         topics: Arc<Topics>,
     ) -> Self {
         Self {
@@ -176,6 +176,7 @@ impl KafkaDeadLetters {
         let delivery = self
             .inner
             .producer
+            .get()
             .send_result(record)
             .map_err(|(e, _)| store_error(e))?;
         match delivery.await {
@@ -244,9 +245,12 @@ impl KafkaDeadLetters {
 
 impl Reader {
     fn open(config: &KafkaConfig, topic: &str) -> Result<Self, DeadLetterError> {
-        // No group: the reader assigns itself the one partition and reads
-        // it from the start, committing nothing.
+        // The reader assigns itself the one partition and reads it from the
+        // start; it never joins its group nor commits (librdkafka wants a
+        // group id for `assign` all the same).
+        let group = format!("{topic}-reader-{}", EventId::new());
         let consumer: BaseConsumer = topics::base_config(config)
+            .set("group.id", group)
             .set("enable.auto.commit", "false")
             .set("enable.partition.eof", "false")
             .create()

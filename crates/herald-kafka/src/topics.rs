@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use herald::transport::TransportError;
 use rdkafka::ClientConfig;
+use rdkafka::producer::Producer as _;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::types::RDKafkaErrorCode;
@@ -155,4 +156,40 @@ pub(crate) fn consumer_config(config: &KafkaConfig, group: &str) -> ClientConfig
         client.set(key, value);
     }
     client
+}
+
+/// The producer, replaced when librdkafka declares it dead.
+///
+/// An idempotent producer whose broker lost its state (a restarted broker
+/// without durable storage) can get a fatal error (an out-of-order
+/// sequence); every later send would fail. The next send then takes a new
+/// producer, with a new producer id.
+pub(crate) struct Producers {
+    config: KafkaConfig,
+    current: Mutex<rdkafka::producer::FutureProducer>,
+}
+
+impl Producers {
+    pub(crate) fn new(config: &KafkaConfig) -> Result<Self, TransportError> {
+        let producer = producer_config(config)
+            .create()
+            .map_err(|e| TransportError::connection(NAME, e))?;
+        Ok(Self {
+            config: config.clone(),
+            current: Mutex::new(producer),
+        })
+    }
+
+    /// The producer to send with.
+    pub(crate) fn get(&self) -> rdkafka::producer::FutureProducer {
+        let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((code, reason)) = current.client().fatal_error() {
+            tracing::warn!(%code, %reason, "the kafka producer failed for good; starting a new one");
+            match producer_config(&self.config).create() {
+                Ok(fresh) => *current = fresh,
+                Err(err) => tracing::warn!(error = %err, "could not start a new kafka producer"),
+            }
+        }
+        current.clone()
+    }
 }

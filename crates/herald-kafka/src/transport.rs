@@ -11,7 +11,7 @@ use herald::transport::{Consumer, ConsumerSpec, Transport, TransportError};
 use herald::{AttemptError, DeadLetterStore, RecordedEvent};
 use rdkafka::error::KafkaError;
 use rdkafka::message::OwnedHeaders;
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{FutureRecord, Producer};
 use rdkafka::types::RDKafkaErrorCode;
 
 use crate::NAME;
@@ -19,7 +19,7 @@ use crate::codec::{self, Names};
 use crate::config::KafkaConfig;
 use crate::consumer::{self, ConsumerShared};
 use crate::dead_letters::KafkaDeadLetters;
-use crate::topics::{self, Topics};
+use crate::topics::{Producers, Topics};
 
 /// A Herald [`Transport`] on a Kafka cluster; see the [crate docs](crate).
 ///
@@ -32,7 +32,7 @@ pub struct KafkaTransport {
 pub(crate) struct Inner {
     pub(crate) config: KafkaConfig,
     pub(crate) names: Names,
-    pub(crate) producer: FutureProducer,
+    pub(crate) producer: Arc<Producers>,
     pub(crate) topics: Arc<Topics>,
     closed: AtomicBool,
     consumers: Mutex<Vec<Weak<ConsumerShared>>>,
@@ -60,10 +60,8 @@ impl KafkaTransport {
     /// [`TransportError::Connection`] when no broker answers in 10 s.
     pub async fn connect(config: KafkaConfig) -> Result<Self, TransportError> {
         config.validate()?;
-        let producer: FutureProducer = topics::producer_config(&config)
-            .create()
-            .map_err(|e| TransportError::connection(NAME, e))?;
-        let probe = producer.clone();
+        let producer = Arc::new(Producers::new(&config)?);
+        let probe = producer.get();
         tokio::task::spawn_blocking(move || probe.client().fetch_metadata(None, CONNECT_TIMEOUT))
             .await
             .map_err(|e| TransportError::connection(NAME, e))?
@@ -76,7 +74,7 @@ impl KafkaTransport {
         let dead_letters = KafkaDeadLetters::new(
             &config,
             names.dead_letter_topic(),
-            producer.clone(),
+            Arc::clone(&producer),
             Arc::clone(&topics),
         );
         Ok(Self {
@@ -122,10 +120,7 @@ impl KafkaTransport {
     }
 
     fn check_open(&self) -> Result<(), TransportError> {
-        if self.inner.closed.load(Ordering::SeqCst) {
-            return Err(TransportError::Closed(NAME));
-        }
-        Ok(())
+        self.inner.check_open()
     }
 }
 
@@ -133,6 +128,15 @@ impl KafkaTransport {
 pub(crate) type Outgoing<'a> = (String, &'a RecordedEvent, Vec<(String, String)>);
 
 impl Inner {
+    /// Fails once the transport was closed: a delivery settled after that
+    /// goes back to the broker as if the process had crashed.
+    pub(crate) fn check_open(&self) -> Result<(), TransportError> {
+        if self.closed.load(Ordering::SeqCst) {
+            return Err(TransportError::Closed(NAME));
+        }
+        Ok(())
+    }
+
     pub(crate) fn dead_letter_store_ref(&self) -> &KafkaDeadLetters {
         &self.dead_letters
     }
@@ -141,6 +145,7 @@ impl Inner {
     /// broker to acknowledge every one: all are handed to the producer
     /// first, so that they travel in batches, then all are awaited.
     pub(crate) async fn send(&self, records: Vec<Outgoing<'_>>) -> Result<(), TransportError> {
+        let producer = self.producer.get();
         let mut pending = Vec::with_capacity(records.len());
         for (topic, event, extra) in &records {
             let key = codec::key(event);
@@ -150,7 +155,7 @@ impl Inner {
                 .payload(event.data().as_bytes())
                 .headers(headers);
             let future = loop {
-                match self.producer.send_result(record) {
+                match producer.send_result(record) {
                     Ok(future) => break future,
                     Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
                         // The local queue is full: wait for deliveries to
@@ -327,7 +332,7 @@ impl Transport for KafkaTransport {
         for consumer in consumers {
             consumer.wait_stopped(Duration::from_secs(30)).await;
         }
-        let producer = self.inner.producer.clone();
+        let producer = self.inner.producer.get();
         let _ = tokio::task::spawn_blocking(move || producer.flush(Duration::from_secs(5))).await;
         Ok(())
     }

@@ -110,6 +110,7 @@ async fn writes_the_stream_as_key_the_data_as_payload_and_the_rest_in_headers() 
     let (key, payload, headers) = tokio::task::spawn_blocking(move || {
         let reader: BaseConsumer = rdkafka::ClientConfig::new()
             .set("bootstrap.servers", &brokers)
+            .set("group.id", format!("{topic}-reader"))
             .create()
             .unwrap();
         let mut tpl = TopicPartitionList::new();
