@@ -48,6 +48,7 @@ impl Names {
                 let category = event_type.split('.').next().unwrap_or(event_type);
                 format!("{}.{category}", self.prefix)
             }
+            TopicMapping::Single => format!("{}.events", self.prefix),
         }
     }
 
@@ -93,6 +94,7 @@ impl Names {
                     }
                 }
             }
+            TopicMapping::Single => regex.push_str(r"\.events"),
             TopicMapping::PerCategory => match text.split('.').next().unwrap_or("#") {
                 "#" | "*" => regex.push_str(r"\.[^.]+"),
                 literal => {
@@ -364,6 +366,9 @@ mod tests {
         );
         assert_eq!(per_category.pattern_regex(&pattern("#")), r"^app\.[^.]+$");
         assert_eq!(Names::exact_regex("app-retry.x.y"), r"^app-retry\.x\.y$");
+        let single = names(TopicMapping::Single);
+        assert_eq!(single.event_topic("order.line.added"), "app.events");
+        assert_eq!(single.pattern_regex(&pattern("order.*")), r"^app\.events$");
     }
 
     #[test]

@@ -21,6 +21,15 @@ pub enum TopicMapping {
     /// a header. Fewer topics; a group reads its categories whole and skips
     /// (and commits past) the types its patterns do not match.
     PerCategory,
+    /// One topic for every event: `<prefix>.events`, type in a header. It
+    /// exists from the first subscribe, so every group is assigned its
+    /// partitions when it joins and never waits for a new topic to be
+    /// found; and events published one after another reach a consumer in
+    /// that order, whatever their types (Kafka orders only within a
+    /// partition, and a consumer takes what the partitions of one topic
+    /// bring together, merged by time). Every group reads every event and
+    /// skips (and commits past) the types it does not handle.
+    Single,
 }
 
 /// Settings of a [`KafkaTransport`](crate::KafkaTransport).
@@ -66,6 +75,13 @@ pub struct KafkaConfig {
     /// them to be settled, so that the new owner does not handle them again.
     /// Past it, the unsettled ones are handled again by the new owner.
     pub revoke_drain: Duration,
+    /// When partitions are assigned to a consumer, how long it gathers what
+    /// they bring before handing it out, merged in publish order. Kafka
+    /// orders events only within a partition; without this, events of
+    /// topics assigned together (new topics found by one metadata refresh)
+    /// come in the order librdkafka fetched their partitions. Zero turns it
+    /// off.
+    pub assignment_gather: Duration,
     /// Extra librdkafka settings for the producer (they win over Herald's).
     pub producer: BTreeMap<String, String>,
     /// Extra librdkafka settings for consumers (they win over Herald's).
@@ -75,7 +91,8 @@ pub struct KafkaConfig {
 impl KafkaConfig {
     /// Defaults for the cluster at `brokers`: prefix `herald`, a topic per
     /// event type, 3 partitions, replication 1, new topics found within
-    /// 5 s, publishes that fail after 30 s, 10 s to drain on a rebalance.
+    /// 5 s, publishes that fail after 30 s, 10 s to drain on a rebalance,
+    /// 250 ms to gather what newly assigned partitions bring.
     pub fn new(brokers: impl Into<String>) -> Self {
         Self {
             brokers: brokers.into(),
@@ -86,6 +103,7 @@ impl KafkaConfig {
             metadata_refresh: Duration::from_secs(5),
             publish_timeout: Duration::from_secs(30),
             revoke_drain: Duration::from_secs(10),
+            assignment_gather: Duration::from_millis(250),
             producer: BTreeMap::new(),
             consumer: BTreeMap::new(),
         }

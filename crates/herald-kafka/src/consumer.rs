@@ -48,6 +48,11 @@ pub(crate) struct ConsumerShared {
     queued: AtomicUsize,
     consumer: OnceLock<Weak<BaseConsumer<Context>>>,
     revoke_drain: Duration,
+    /// Set when partitions were assigned: the polling thread then gathers
+    /// what they bring for a moment before handing it out.
+    assigned: AtomicBool,
+    /// Set once the member was first given partitions.
+    joined: watch::Sender<bool>,
 }
 
 #[derive(Default)]
@@ -106,6 +111,15 @@ impl ConsumerShared {
         }
         self.stop.store(true, Ordering::SeqCst);
         self.wake.notify_waiters();
+    }
+
+    /// Waits until the member was first given partitions, at most
+    /// `timeout`; whether it was.
+    pub(crate) async fn wait_joined(&self, timeout: Duration) -> bool {
+        let mut joined = self.joined.subscribe();
+        tokio::time::timeout(timeout, joined.wait_for(|j| *j))
+            .await
+            .is_ok_and(|r| r.is_ok())
     }
 
     /// Waits until the member left its group, at most `timeout`.
@@ -192,6 +206,10 @@ impl ConsumerContext for Context {
                     .parts
                     .insert((Arc::from(element.topic()), element.partition()), part);
             }
+            self.shared.assigned.store(true, Ordering::SeqCst);
+            if tpl.count() > 0 {
+                self.shared.joined.send_replace(true);
+            }
         }
     }
 }
@@ -263,6 +281,10 @@ impl KafkaConsumer {
     pub(crate) fn shared(&self) -> Weak<ConsumerShared> {
         Arc::downgrade(&self.shared)
     }
+
+    pub(crate) fn shared_ref(&self) -> &ConsumerShared {
+        &self.shared
+    }
 }
 
 /// Joins group `spec.name`, subscribed to `regexes`.
@@ -285,6 +307,8 @@ pub(crate) fn open(
         queued: AtomicUsize::new(0),
         consumer: OnceLock::new(),
         revoke_drain: transport.config.revoke_drain,
+        assigned: AtomicBool::new(false),
+        joined: watch::channel(false).0,
     });
     let group = transport.names.group(&spec.name);
     let consumer: BaseConsumer<Context> = topics::consumer_config(&transport.config, &group)
@@ -306,12 +330,15 @@ pub(crate) fn open(
         tx,
         spec: spec.clone(),
         retry_topic,
-        per_category: transport.config.mapping == TopicMapping::PerCategory,
+        filter: transport.config.mapping != TopicMapping::PerType,
         // Beyond this many polled and not yet taken, the member pauses its
         // partitions rather than buffering without bound.
         high_water: (spec.prefetch * 4).max(256),
         delayed: HashMap::new(),
         paused_all: false,
+        gather: transport.config.assignment_gather,
+        held: Vec::new(),
+        hold_until: None,
     };
     std::thread::Builder::new()
         .name(format!("herald-kafka-{}", spec.name))
@@ -538,12 +565,18 @@ struct Poller {
     tx: mpsc::UnboundedSender<Pending>,
     spec: ConsumerSpec,
     retry_topic: Arc<str>,
-    per_category: bool,
+    /// Whether topics carry types the group may not handle.
+    filter: bool,
     high_water: usize,
     /// Retry partitions held back until their head's not-before time; each
     /// is paused meanwhile.
     delayed: HashMap<PartKey, VecDeque<Pending>>,
     paused_all: bool,
+    /// How long to gather after an assignment.
+    gather: Duration,
+    /// Gathered since the last assignment, until `hold_until`.
+    held: Vec<(SortKey, Pending)>,
+    hold_until: Option<Instant>,
 }
 
 impl Poller {
@@ -559,7 +592,10 @@ impl Poller {
             });
             let consumer = Arc::clone(&self.consumer);
             let mut batch = Vec::new();
-            let mut wait = wait;
+            let mut wait = match self.hold_until {
+                Some(until) => wait.min(until.saturating_duration_since(Instant::now())),
+                None => wait,
+            };
             // Everything already fetched is taken at once, so that it can
             // be handed out in publish order across partitions.
             while batch.len() < MAX_BATCH {
@@ -572,6 +608,21 @@ impl Poller {
                     }
                 }
                 wait = Duration::ZERO;
+            }
+            if self.shared.assigned.swap(false, Ordering::SeqCst) && !self.gather.is_zero() {
+                // New partitions (new topics, often several at once) start
+                // fetching one by one: what they hold is gathered for a
+                // moment and handed out in publish order, not in the order
+                // librdkafka happened to fetch it.
+                self.hold_until = Some(Instant::now() + self.gather);
+            }
+            if let Some(until) = self.hold_until {
+                self.held.extend(batch);
+                if Instant::now() < until {
+                    continue;
+                }
+                self.hold_until = None;
+                batch = std::mem::take(&mut self.held);
             }
             for pending in merge(batch) {
                 self.dispatch(pending);
@@ -613,7 +664,7 @@ impl Poller {
         let from_retry = *key.0 == *self.retry_topic;
         let (item, not_before) = match codec::decode(&headers, message.payload()) {
             Ok((event, envelope)) => {
-                if !from_retry && self.per_category && !self.spec.matches(event.event_type()) {
+                if !from_retry && self.filter && !self.spec.matches(event.event_type()) {
                     (None, None)
                 } else {
                     let not_before = if from_retry {

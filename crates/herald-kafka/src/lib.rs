@@ -16,6 +16,7 @@
 //! |---|---|
 //! | events, [`TopicMapping::PerType`] (default) | `<prefix>.<event type>`: `herald.order.created` |
 //! | events, [`TopicMapping::PerCategory`] | `<prefix>.<first segment>`: `herald.order`, type in a header |
+//! | events, [`TopicMapping::Single`] | `<prefix>.events`, type in a header |
 //! | a subscriber's retries | `<prefix>-retry.<subscriber>` |
 //! | dead letters | `<prefix>-dlq` (one partition, `cleanup.policy=compact`) |
 //! | a subscriber's consumer group | `<prefix>.<subscriber>` |
@@ -52,10 +53,13 @@
 //!   settles out of order across streams, and an offset past an unsettled
 //!   event would lose it in a crash. librdkafka commits what is stored
 //!   every half second, when a partition is taken away, and on close.
-//! - Rebalances (cooperative-sticky: partitions move one by one): a member
-//!   losing a partition waits up to [`KafkaConfig::revoke_drain`] for what
-//!   it handed out from it to be settled, commits the contiguous prefix,
-//!   and drops the rest of what it read, which the new owner reads again.
+//! - Rebalances (the `range` assignor: each topic's partitions are split
+//!   among its members): a member losing partitions waits up to
+//!   [`KafkaConfig::revoke_drain`] for what it handed out from them to be
+//!   settled, commits the contiguous prefix, and drops the rest of what it
+//!   read, which the new owner reads again. `subscribe` returns once the
+//!   member holds partitions (at most 10 s), so a second process takes its
+//!   share before it goes on.
 //! - A new group reads topics from their start (`auto.offset.reset =
 //!   earliest`); with topics created on first publish, that is every event
 //!   published to them.
@@ -67,6 +71,16 @@
 //! each stream's events are handled in publish order, until one is retried
 //! (a retry goes through the retry topic, after the stream's later events).
 //!
+//! Across partitions Kafka promises no order. A consumer merges what it
+//! fetched together by publish time, and gathers for
+//! [`KafkaConfig::assignment_gather`] what newly assigned partitions bring,
+//! but events of different streams (or topics) may still be handled in
+//! another order than they were published. An application that needs one
+//! order for everything uses [`TopicMapping::Single`] with one partition.
+//! With a topic per type, a topic made after a group subscribed is found
+//! only at the next metadata refresh: its first events may come after
+//! events published later to topics the group already reads.
+//!
 //! # Patterns
 //!
 //! A subscriber's patterns become regular-expression subscriptions:
@@ -74,7 +88,10 @@
 //! `^<prefix>\.order(\.[^.]+)*$`. A topic created after the group
 //! subscribed is found at the next metadata refresh
 //! ([`KafkaConfig::metadata_refresh`], 5 s by default) and then assigned in
-//! one rebalance (0.2–0.5 s on tansu), and read from its start.
+//! one rebalance (0.2–0.5 s on tansu), and read from its start. With
+//! [`TopicMapping::PerCategory`] a pattern subscribes to its category's
+//! topic (`^<prefix>\.order$`), with [`TopicMapping::Single`] to the one
+//! topic; the consumer then skips the types the patterns do not match.
 //!
 //! # Retries
 //!

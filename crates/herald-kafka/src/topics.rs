@@ -6,9 +6,9 @@ use std::time::Duration;
 
 use herald::transport::TransportError;
 use rdkafka::ClientConfig;
-use rdkafka::producer::Producer as _;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
+use rdkafka::producer::Producer as _;
 use rdkafka::types::RDKafkaErrorCode;
 
 use crate::NAME;
@@ -142,9 +142,11 @@ pub(crate) fn consumer_config(config: &KafkaConfig, group: &str) -> ClientConfig
         .set("auto.commit.interval.ms", "500")
         .set("auto.offset.reset", "earliest")
         .set("enable.partition.eof", "false")
-        // Partitions move one by one when members come and go, so that a
-        // new topic or a new member does not take every partition away.
-        .set("partition.assignment.strategy", "cooperative-sticky")
+        // Each topic's partitions are split among the members, so that every
+        // member takes part in every topic (the retry topic included). A
+        // sticky assignor balances the count of partitions over all topics,
+        // and may leave a new member with retry partitions only.
+        .set("partition.assignment.strategy", "range")
         .set("heartbeat.interval.ms", "1000")
         .set("session.timeout.ms", "10000")
         .set("fetch.wait.max.ms", "100")

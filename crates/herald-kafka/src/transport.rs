@@ -16,7 +16,7 @@ use rdkafka::types::RDKafkaErrorCode;
 
 use crate::NAME;
 use crate::codec::{self, Names};
-use crate::config::KafkaConfig;
+use crate::config::{KafkaConfig, TopicMapping};
 use crate::consumer::{self, ConsumerShared};
 use crate::dead_letters::KafkaDeadLetters;
 use crate::topics::{Producers, Topics};
@@ -47,6 +47,9 @@ impl std::fmt::Debug for KafkaTransport {
             .finish_non_exhaustive()
     }
 }
+
+/// How long `subscribe` waits for the member's first partitions.
+const JOIN_WAIT: Duration = Duration::from_secs(10);
 
 /// How long [`KafkaTransport::connect`] waits for the cluster's metadata.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -179,16 +182,10 @@ impl Inner {
             let reason = match future.await {
                 Ok(Ok(_)) => continue,
                 Ok(Err((err, _))) => {
-                    if matches!(
-                        err.rdkafka_error_code(),
-                        Some(
-                            RDKafkaErrorCode::UnknownTopicOrPartition
-                                | RDKafkaErrorCode::UnknownTopic
-                                | RDKafkaErrorCode::UnknownPartition
-                        )
-                    ) {
-                        self.topics.forget(topic);
-                    }
+                    // The broker may have lost the topic (a restarted
+                    // in-memory broker times messages out rather than
+                    // saying so): the next publish makes sure it exists.
+                    self.topics.forget(topic);
                     err.to_string()
                 }
                 Err(_) => "the producer was dropped".to_owned(),
@@ -275,10 +272,17 @@ impl Transport for KafkaTransport {
         let mut create = vec![retry_topic.clone()];
         for pattern in &spec.topics {
             let text = pattern.to_string();
-            if !text.split('.').any(|s| s == "*" || s == "#") {
+            let first = text.split('.').next().unwrap_or_default();
+            let known = match self.inner.config.mapping {
+                TopicMapping::PerType => !text.split('.').any(|s| s == "*" || s == "#"),
+                TopicMapping::PerCategory => first != "*" && first != "#",
+                TopicMapping::Single => true,
+            };
+            if known {
                 create.push(self.inner.names.event_topic(&text));
             }
         }
+        create.dedup();
         self.inner.topics.ensure(&create, None, &[]).await?;
         let mut regexes: Vec<String> = spec
             .topics
@@ -289,6 +293,13 @@ impl Transport for KafkaTransport {
         regexes.sort();
         regexes.dedup();
         let consumer = consumer::open(Arc::clone(&self.inner), spec, retry_topic, &regexes)?;
+        // Returning once the member holds partitions makes `Bus::ready`
+        // mean "consuming": a second member is then given its share before
+        // its application goes on. A member may get none (more members than
+        // partitions): past the wait it is returned all the same.
+        if !consumer.shared_ref().wait_joined(JOIN_WAIT).await {
+            tracing::debug!(subscriber = %spec.name, "no partitions assigned yet; consuming as they come");
+        }
         let mut registered = self
             .inner
             .consumers
