@@ -98,6 +98,15 @@ async fn main() {
         .map(|i| serde_json::to_vec(&payload(i)).unwrap())
         .collect();
     let keys: Vec<String> = (0..n).map(|i| format!("order-{}", i % 1000)).collect();
+    // Warm-up: the connection and the topic's metadata, as the transport's
+    // producer has them from the publish above.
+    producer
+        .send(
+            FutureRecord::to(&raw_topic).key("warm-up").payload(&body[..]),
+            Duration::from_secs(30),
+        )
+        .await
+        .expect("warm-up");
     let started = Instant::now();
     for chunk in (0..n).collect::<Vec<_>>().chunks(CHUNK) {
         let mut futures = Vec::with_capacity(CHUNK);
@@ -123,6 +132,7 @@ async fn main() {
         }
     }
     let raw_produce = rate(n, started.elapsed());
+    eprintln!("  raw produce: {raw_produce:.0} events/s");
 
     // Herald produce: events with a stream each, through the transport.
     let events: Vec<herald::RecordedEvent> = (0..n)
@@ -145,6 +155,7 @@ async fn main() {
         transport.publish(chunk).await.expect("publish");
     }
     let herald_produce = rate(n, started.elapsed());
+    eprintln!("  herald produce: {herald_produce:.0} events/s");
 
     // Raw consume of the events Herald produced: a group member that only
     // counts messages.
@@ -179,6 +190,8 @@ async fn main() {
         .unwrap()
     };
 
+    eprintln!("  raw consume: {raw_consume:.0} events/s");
+
     // Herald consume: a broker subscriber with a no-op handler.
     let bus = Bus::builder()
         .transport(Arc::new(transport.clone()) as Arc<dyn Transport>)
@@ -198,10 +211,18 @@ async fn main() {
     )
     .unwrap();
     bus.ready("noop").await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let mut last = (0, Instant::now());
     loop {
-        if bus.subscriber("noop").map_or(0, |s| s.handled) >= n as u64 {
+        let handled = bus.subscriber("noop").map_or(0, |s| s.handled);
+        if handled >= n as u64 {
             break;
         }
+        if last.1.elapsed() >= Duration::from_secs(5) {
+            eprintln!("  herald consumer: {handled} of {n} handled");
+            last = (handled, Instant::now());
+        }
+        assert!(Instant::now() < deadline, "herald consumed {handled} of {n} in 5 minutes");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let herald_consume = rate(n, first.get().unwrap().elapsed());

@@ -156,13 +156,15 @@
 //!
 //! # Why rdkafka
 //!
-//! librdkafka is the client that most Kafka clients outside the JVM are
-//! built on: idempotent production, cooperative rebalancing, regex
-//! subscriptions, offset storage separate from commits, and pausing
-//! partitions are all there and maintained. The pure-Rust clients lack
-//! consumer groups with cooperative rebalancing or idempotence. The cost is
-//! a C build (the `cmake-build` feature; it needs `cmake` and libcurl's
-//! headers).
+//! librdkafka is the client most Kafka clients outside the JVM are built
+//! on, and it is maintained alongside Kafka's protocol: idempotent
+//! production, consumer groups with every assignor, regex subscriptions
+//! that follow new topics, offsets stored apart from commits, pausing
+//! partitions, reconnection. The pure-Rust clients cover less of this
+//! (consumer groups and idempotence in particular). The cost is a C build
+//! (the `cmake-build` feature; it needs `cmake` and libcurl's headers) and
+//! a polling thread per consumer, so that rebalance callbacks, which may
+//! wait for deliveries to settle, never block the async runtime.
 //!
 //! # Tested against
 //!
