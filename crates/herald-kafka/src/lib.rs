@@ -99,10 +99,16 @@
 //! the subscriber's retry topic with its attempt, its errors and a
 //! not-before time, then counts as settled: a failing event does not hold
 //! its partition back. Every member also consumes its retry topic; a
-//! message whose time has not come is held and its partition paused (no
-//! polling in a loop) until then, so a later retry in the same partition
-//! waits behind an earlier one. [`Transport::redeliver`](herald::transport::Transport::redeliver) (retrying a dead
-//! letter) writes to the same topic with attempt 1 and no delay.
+//! message whose time has not come is held in a queue of its partition
+//! until its time (the polling thread's wait for messages ends at the
+//! earliest such time: no busy loop, no sleeping past it), and the
+//! partition's later messages wait behind it, so a later retry in the same
+//! partition waits behind an earlier one. Partitions are not paused for it:
+//! resuming paused partitions lost fetched messages with librdkafka 2.12
+//! against tansu.
+//! [`Transport::redeliver`](herald::transport::Transport::redeliver)
+//! (retrying a dead letter) writes to the same topic with attempt 1 and no
+//! delay.
 //! [`Acker::release`](herald::transport::Acker::release) keeps the offset
 //! uncommitted and hands the event out again from a local queue.
 //!
