@@ -1,0 +1,369 @@
+//! What the conformance suites do not see: the duplicate window, pattern
+//! routing on the server, names, idempotent topology, the messages as they
+//! lie on the server, retries, dead letters and dropped connections.
+
+mod common;
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use herald::transport::{ConsumerSpec, Transport, TransportError};
+use herald::{
+    Bus, DeadLetterQuery, DeliveryMode, EventId, EventType, HandlerError, Metadata, Payload,
+    RecordedEvent, RecordedParts, RetryPolicy, Subscriber, TopicPattern, handler_fn,
+};
+use herald_nats::NatsTransport;
+use herald_testkit::transports::{forward, namespace, receive};
+use serde_json::json;
+use tokio::sync::mpsc;
+
+const PATIENCE: Duration = Duration::from_secs(30);
+
+fn event(event_type: &str, n: u64) -> RecordedEvent {
+    RecordedEvent::from_parts(RecordedParts {
+        id: EventId::new(),
+        event_type: EventType::new(event_type).unwrap(),
+        stream: Some(format!("s-{}", n % 4).into()),
+        version: Some(n),
+        position: Some(n + 1),
+        recorded_at: chrono::Utc::now(),
+        data: Payload::from(json!({ "n": n })),
+        metadata: Metadata {
+            correlation_id: None,
+            causation_id: None,
+            headers: BTreeMap::from([("k".to_owned(), format!("v{n}"))]),
+        },
+        origin: None,
+    })
+}
+
+async fn broker_bus(transport: &NatsTransport) -> Bus {
+    Bus::builder().transport(Arc::new(transport.clone())).build()
+}
+
+async fn subscribe(bus: &Bus, subscriber: Subscriber) {
+    let name = subscriber.name().to_owned();
+    bus.subscribe(subscriber.mode(DeliveryMode::Broker)).unwrap();
+    tokio::time::timeout(PATIENCE, bus.ready(&name))
+        .await
+        .expect("the consumer opens in time")
+        .unwrap();
+}
+
+/// Nothing more arrives within `wait` (used after everything expected
+/// arrived, to catch extras).
+async fn nothing_more(rx: &mut mpsc::UnboundedReceiver<RecordedEvent>, wait: Duration) {
+    if let Ok(Some(extra)) = tokio::time::timeout(wait, rx.recv()).await {
+        panic!("unexpected extra event {} {}", extra.event_type(), extra.id());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_duplicate_window_drops_a_republished_event_id() {
+    let ns = namespace("dup");
+    let _cleanup = common::Cleanup(ns.clone());
+    let transport = common::connect(&common::url(), &ns).await;
+    let bus = broker_bus(&transport).await;
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    subscribe(&bus, Subscriber::new("dup", forward(tx)).topic("order.created")).await;
+
+    let e = event("order.created", 1);
+    transport.publish(std::slice::from_ref(&e)).await.unwrap();
+    transport.publish(std::slice::from_ref(&e)).await.unwrap();
+    let other = event("order.created", 2);
+    transport.publish(&[e.clone(), other.clone()]).await.unwrap();
+
+    let got = receive(&mut rx, 2).await;
+    assert_eq!(
+        got.iter().map(|e| e.id()).collect::<HashSet<_>>(),
+        HashSet::from([e.id(), other.id()])
+    );
+    let mut stream = transport
+        .jetstream()
+        .get_stream(transport.events_stream())
+        .await
+        .unwrap();
+    assert_eq!(stream.info().await.unwrap().state.messages, 2);
+    nothing_more(&mut rx, Duration::from_millis(300)).await;
+    bus.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_lie_on_the_server_under_their_subject_with_headers_and_json_data() {
+    let ns = namespace("raw");
+    let _cleanup = common::Cleanup(ns.clone());
+    let transport = common::connect(&common::url(), &ns).await;
+    let e = event("billing.invoice.paid", 7);
+    transport.publish(std::slice::from_ref(&e)).await.unwrap();
+    let stream = transport
+        .jetstream()
+        .get_stream(transport.events_stream())
+        .await
+        .unwrap();
+    let message = stream.get_raw_message(1).await.unwrap();
+    let prefix = herald_nats::sanitize_prefix(&ns);
+    assert_eq!(
+        message.subject.as_str(),
+        format!("{prefix}.ev.billing.invoice.paid")
+    );
+    let header = |name: &str| message.headers.get(name).map(|v| v.as_str().to_owned());
+    assert_eq!(header("Nats-Msg-Id"), Some(e.id().to_string()));
+    assert_eq!(header(herald_nats::headers::TYPE).as_deref(), Some("billing.invoice.paid"));
+    assert_eq!(header(herald_nats::headers::STREAM).as_deref(), Some("s-3"));
+    assert_eq!(header(herald_nats::headers::VERSION).as_deref(), Some("7"));
+    assert_eq!(header(herald_nats::headers::POSITION).as_deref(), Some("8"));
+    assert_eq!(
+        header(herald_nats::headers::RECORDED_AT),
+        Some(
+            e.recorded_at()
+                .to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+        )
+    );
+    assert_eq!(
+        serde_json::from_slice::<serde_json::Value>(&message.payload).unwrap(),
+        json!({"n": 7})
+    );
+    let back = herald_nats::decode_event(Some(&message.headers), &message.payload).unwrap();
+    assert_eq!(back.id(), e.id());
+    assert_eq!(back.metadata(), e.metadata());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn patterns_route_on_the_server_as_herald_matches_them() {
+    let ns = namespace("routing");
+    let _cleanup = common::Cleanup(ns.clone());
+    let transport = common::connect(&common::url(), &ns).await;
+    let bus = broker_bus(&transport).await;
+    let (hash_tx, mut hash_rx) = mpsc::unbounded_channel();
+    subscribe(&bus, Subscriber::new("hash", forward(hash_tx)).topic("order.#")).await;
+    let (mid_tx, mut mid_rx) = mpsc::unbounded_channel();
+    subscribe(&bus, Subscriber::new("mid", forward(mid_tx)).topic("a.#.z")).await;
+    // Two overlapping patterns: an event under both arrives once.
+    let (two_tx, mut two_rx) = mpsc::unbounded_channel();
+    subscribe(
+        &bus,
+        Subscriber::new("two", forward(two_tx)).topics(["order.*", "*.created"]),
+    )
+    .await;
+
+    let types = [
+        "order", "order.created", "order.line.added", "orders.created", "a.z", "a.b.z",
+        "a.b", "a.b.c.z", "invoice.created",
+    ];
+    let events: Vec<RecordedEvent> = types.iter().zip(0..).map(|(t, n)| event(t, n)).collect();
+    transport.publish(&events).await.unwrap();
+
+    let types_of = |got: Vec<RecordedEvent>| {
+        let mut t: Vec<String> = got.iter().map(|e| e.event_type().to_owned()).collect();
+        t.sort();
+        t
+    };
+    assert_eq!(
+        types_of(receive(&mut hash_rx, 3).await),
+        ["order", "order.created", "order.line.added"]
+    );
+    assert_eq!(types_of(receive(&mut mid_rx, 3).await), ["a.b.c.z", "a.b.z", "a.z"]);
+    assert_eq!(
+        types_of(receive(&mut two_rx, 3).await),
+        ["invoice.created", "order.created", "orders.created"]
+    );
+    nothing_more(&mut hash_rx, Duration::from_millis(300)).await;
+    nothing_more(&mut mid_rx, Duration::from_millis(10)).await;
+    nothing_more(&mut two_rx, Duration::from_millis(10)).await;
+    bus.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn topology_is_declared_once_and_found_again() {
+    let ns = namespace("topology");
+    let _cleanup = common::Cleanup(ns.clone());
+    let first = common::connect(&common::url(), &ns).await;
+    let second = common::connect(&common::url(), &ns).await;
+    let spec = ConsumerSpec::new(
+        "app.mailer",
+        vec![
+            TopicPattern::parse("order.#").unwrap(),
+            TopicPattern::parse("invoice.paid").unwrap(),
+        ],
+    )
+    .prefetch(16);
+    let a = first.subscribe(&spec).await.unwrap();
+    let b = second.subscribe(&spec).await.unwrap();
+    let c = first.subscribe(&spec).await.unwrap();
+    drop((a, b, c));
+    let stream = first
+        .jetstream()
+        .get_stream(first.events_stream())
+        .await
+        .unwrap();
+    let mut names: Vec<String> = stream
+        .consumer_names()
+        .map(|n| n.unwrap())
+        .collect::<Vec<_>>()
+        .await;
+    names.sort();
+    // `order.#` needs `order` and `order.>`; plus `invoice.paid`; plus the
+    // redeliveries: four durable consumers, whoever declared them first.
+    assert_eq!(names.len(), 4, "{names:?}");
+    assert!(names.iter().all(|n| n.starts_with("app_2Emailer__")), "{names:?}");
+    assert!(names.contains(&"app_2Emailer__rd".to_owned()));
+    for name in &names {
+        let info = stream.consumer_info(name).await.unwrap();
+        assert_eq!(info.config.max_ack_pending, 16);
+        assert_eq!(info.config.ack_wait, Duration::from_secs(4));
+    }
+    // A new prefetch updates the shared consumers in place.
+    drop(first.subscribe(&spec.clone().prefetch(32)).await.unwrap());
+    let info = stream.consumer_info("app_2Emailer__rd").await.unwrap();
+    assert_eq!(info.config.max_ack_pending, 32);
+    // Streams are found again too.
+    drop(common::connect(&common::url(), &ns).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_names_and_oversized_events_get_typed_errors() {
+    let ns = namespace("bad");
+    let _cleanup = common::Cleanup(ns.clone());
+    let transport = common::connect(&common::url(), &ns).await;
+    let empty = ConsumerSpec::new("", vec![TopicPattern::parse("a").unwrap()]);
+    match transport.subscribe(&empty).await {
+        Err(TransportError::InvalidName { reason, .. }) => assert!(reason.contains("name")),
+        Err(other) => panic!("expected an invalid name, got {other}"),
+        Ok(_) => panic!("expected an invalid name, got a consumer"),
+    }
+    let long = ConsumerSpec::new("ü".repeat(40), vec![TopicPattern::parse("a").unwrap()]);
+    assert!(matches!(
+        transport.subscribe(&long).await,
+        Err(TransportError::InvalidName { .. })
+    ));
+    let bad_prefix = NatsTransport::connect(common::config(&common::url(), "x").prefix("a.b")).await;
+    assert!(matches!(bad_prefix, Err(TransportError::InvalidName { .. })));
+
+    // One event over the server's max_payload: nothing of the batch is
+    // written.
+    let small = event("big.thing", 1);
+    let mut parts = event("big.thing", 2).into_parts();
+    let blob = "x".repeat(1024 * 1024 + 10);
+    parts.data = Payload::from(json!({ "blob": blob }));
+    let big = RecordedEvent::from_parts(parts);
+    let err = transport.publish(&[small, big.clone()]).await.unwrap_err();
+    let text = err.to_string();
+    assert!(text.contains("max_payload"), "{text}");
+    assert!(text.contains(&big.id().to_string()), "{text}");
+    let mut stream = transport
+        .jetstream()
+        .get_stream(transport.events_stream())
+        .await
+        .unwrap();
+    assert_eq!(stream.info().await.unwrap().state.messages, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_count_attempts_and_dead_letters_come_back_as_a_first_attempt() {
+    let ns = namespace("retries");
+    let _cleanup = common::Cleanup(ns.clone());
+    let transport = common::connect(&common::url(), &ns).await;
+    let bus = broker_bus(&transport).await;
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let healthy = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let handler = {
+        let healthy = Arc::clone(&healthy);
+        handler_fn(move |event: RecordedEvent, ctx: herald::Context| {
+            let tx = tx.clone();
+            let healthy = Arc::clone(&healthy);
+            async move {
+                let _ = tx.send((event.id(), ctx.attempt()));
+                if healthy.load(std::sync::atomic::Ordering::SeqCst) {
+                    Ok(())
+                } else {
+                    Err(HandlerError::retry(format!("down on attempt {}", ctx.attempt())))
+                }
+            }
+        })
+    };
+    subscribe(
+        &bus,
+        Subscriber::new("flaky", handler)
+            .topic("order.created")
+            .retry(RetryPolicy::fixed(Duration::from_millis(200), 3)),
+    )
+    .await;
+    let e = event("order.created", 1);
+    transport.publish(std::slice::from_ref(&e)).await.unwrap();
+    let mut attempts = Vec::new();
+    for _ in 0..3 {
+        let (id, attempt) = tokio::time::timeout(PATIENCE, rx.recv()).await.unwrap().unwrap();
+        assert_eq!(id, e.id());
+        attempts.push(attempt);
+    }
+    assert_eq!(attempts, [1, 2, 3]);
+
+    // Given up after three attempts: a dead letter on the server.
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    let letter = loop {
+        let letters = bus.dead_letters(&DeadLetterQuery::default()).await.unwrap();
+        if let Some(letter) = letters.into_iter().next() {
+            break letter;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no dead letter");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(letter.subscriber, "flaky");
+    assert_eq!(letter.event.id(), e.id());
+    assert_eq!(letter.attempts, 3);
+    assert_eq!(letter.reason, "down on attempt 3");
+    // Earlier errors do not ride on a nak'd message: the last one is kept.
+    assert_eq!(letter.errors.len(), 1);
+
+    // Retried from the dead letters: back to this group as attempt 1.
+    healthy.store(true, std::sync::atomic::Ordering::SeqCst);
+    bus.retry_dead_letter(letter.id).await.unwrap();
+    let (id, attempt) = tokio::time::timeout(PATIENCE, rx.recv()).await.unwrap().unwrap();
+    assert_eq!((id, attempt), (e.id(), 1));
+    assert!(bus.dead_letters(&DeadLetterQuery::default()).await.unwrap().is_empty());
+    bus.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_acknowledged_publish_is_lost_when_connections_drop() {
+    let ns = namespace("cut");
+    let _cleanup = common::Cleanup(ns.clone());
+    let proxy = common::Proxy::start().await;
+    let consumer = common::connect(&proxy.url(), &ns).await;
+    let bus = broker_bus(&consumer).await;
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    subscribe(&bus, Subscriber::new("cut", forward(tx)).topic("order.*")).await;
+    let publisher = common::connect(&proxy.url(), &ns).await;
+
+    let mut acked = HashSet::new();
+    let mut failed = 0;
+    for round in 0..20u64 {
+        if round == 5 || round == 12 {
+            assert!(proxy.cut() >= 2, "the proxy carried both connections");
+        }
+        let batch: Vec<RecordedEvent> = (0..50).map(|n| event("order.placed", round * 100 + n)).collect();
+        // Waits out the reconnect: a publish either fails or is stored.
+        match publisher.publish(&batch).await {
+            Ok(()) => acked.extend(batch.iter().map(|e| e.id())),
+            Err(_) => failed += 1,
+        }
+    }
+    assert!(acked.len() >= 50 * 10, "most batches went through ({failed} failed)");
+
+    let mut seen = HashSet::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while !acked.is_subset(&seen) {
+        match tokio::time::timeout_at(deadline, rx.recv()).await {
+            Ok(Some(e)) => {
+                seen.insert(e.id());
+            }
+            _ => panic!(
+                "{} acknowledged events never arrived",
+                acked.difference(&seen).count()
+            ),
+        }
+    }
+    bus.shutdown().await;
+}
