@@ -12,8 +12,12 @@ use uuid::Uuid;
 
 use crate::NAME;
 
-/// The event id; also sent as `Nats-Msg-Id` for the duplicate window.
+/// The event id, on a message that is not deduplicated (a redelivery);
+/// other messages carry the id as `Nats-Msg-Id` only, which the server
+/// uses for its duplicate window.
 pub const ID: &str = "Herald-Id";
+/// The server's deduplication header: the event id.
+pub const MSG_ID: &str = "Nats-Msg-Id";
 /// The event type.
 pub const TYPE: &str = "Herald-Type";
 /// The event's stream.
@@ -60,12 +64,17 @@ pub(crate) fn get_text(headers: &HeaderMap, name: &str) -> Option<String> {
     serde_json::from_str::<String>(quoted.as_str()).ok()
 }
 
-/// The headers of `event`.
+/// The headers of `event`, with its id as `Nats-Msg-Id`.
 pub fn event_headers(event: &RecordedEvent) -> HeaderMap {
+    headers_of(event, true)
+}
+
+/// The headers of `event`; with `dedupe`, its id goes in `Nats-Msg-Id`
+/// (one header less on every message), else in `Herald-Id`.
+pub(crate) fn headers_of(event: &RecordedEvent, dedupe: bool) -> HeaderMap {
     let mut headers = HeaderMap::new();
     let id = event.id().to_string();
-    headers.insert("Nats-Msg-Id", id.as_str());
-    headers.insert(ID, id);
+    headers.insert(if dedupe { MSG_ID } else { ID }, id);
     headers.insert(TYPE, event.event_type());
     if let Some(stream) = event.stream() {
         put_text(&mut headers, STREAM, stream);
@@ -145,9 +154,13 @@ fn uuid(headers: &HeaderMap, name: &str) -> Result<Option<Uuid>, TransportError>
 /// payload is not JSON.
 pub fn decode_event(headers: Option<&HeaderMap>, payload: &Bytes) -> Result<RecordedEvent, TransportError> {
     let headers = headers.ok_or_else(|| malformed("the message has no headers"))?;
-    let id: EventId = required(headers, ID)?
+    let (name, id) = match headers.get(ID) {
+        Some(id) => (ID, id.as_str()),
+        None => (MSG_ID, required(headers, MSG_ID)?),
+    };
+    let id: EventId = id
         .parse::<Uuid>()
-        .map_err(|e| malformed(format!("header {ID} is not a UUID: {e}")))?
+        .map_err(|e| malformed(format!("header {name} is not a UUID: {e}")))?
         .into();
     let event_type = EventType::new(required(headers, TYPE)?)
         .map_err(|e| malformed(format!("header {TYPE}: {e}")))?;
@@ -242,6 +255,15 @@ mod tests {
     }
 
     #[test]
+    fn a_message_without_deduplication_carries_its_id_in_its_own_header() {
+        let sent = event("s", BTreeMap::new());
+        let headers = headers_of(&sent, false);
+        assert!(headers.get(MSG_ID).is_none());
+        let got = decode_event(Some(&headers), &sent.data().to_bytes()).unwrap();
+        assert_eq!(got.id(), sent.id());
+    }
+
+    #[test]
     fn a_stream_name_with_a_line_break_is_quoted() {
         let sent = event("two\nlines", BTreeMap::new());
         let headers = event_headers(&sent);
@@ -255,10 +277,10 @@ mod tests {
         let err = decode_event(None, &Bytes::from_static(b"{}")).unwrap_err();
         assert!(err.to_string().contains("no headers"), "{err}");
         let mut headers = HeaderMap::new();
-        headers.insert(ID, "not-a-uuid");
+        headers.insert(MSG_ID, "not-a-uuid");
         let err = decode_event(Some(&headers), &Bytes::from_static(b"{}")).unwrap_err();
         assert!(matches!(err, TransportError::Malformed { .. }));
-        assert!(err.to_string().contains(ID), "{err}");
+        assert!(err.to_string().contains(MSG_ID), "{err}");
         let sent = event("s", BTreeMap::new());
         let err = decode_event(Some(&event_headers(&sent)), &Bytes::from_static(b"{nope"))
             .unwrap_err();

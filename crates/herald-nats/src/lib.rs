@@ -18,7 +18,7 @@ const NAME: &str = "nats";
 /// Header names: how an event's fields and a dead letter's travel.
 pub mod headers {
     pub use crate::codec::{
-        CAUSATION_ID, CORRELATION_ID, HEADERS, ID, ORIGIN_STREAM, ORIGIN_VERSION, POSITION,
+        CAUSATION_ID, CORRELATION_ID, HEADERS, ID, MSG_ID, ORIGIN_STREAM, ORIGIN_VERSION, POSITION,
         RECORDED_AT, STREAM, TYPE, VERSION,
     };
     pub use crate::dead_letters::{

@@ -360,13 +360,9 @@ impl Transport for NatsTransport {
     ) -> Result<(), TransportError> {
         self.check_open()?;
         let token = names::subscriber_token(subscriber)?;
-        let mut headers = codec::event_headers(event);
         // The event id is in the duplicate window from its first publish;
-        // a redelivery is a new message.
-        headers.insert(
-            "Nats-Msg-Id",
-            format!("rd-{}-{}", event.id(), herald::EventId::new()),
-        );
+        // a redelivery is a new message, not deduplicated.
+        let headers = codec::headers_of(event, false);
         let subject = self.inner.names.redelivery_subject(&token);
         self.publish_messages(vec![(event.id(), subject, headers, event.data().to_bytes())])
             .await
