@@ -143,7 +143,9 @@ async fn raw(n: usize, with_headers: bool) -> f64 {
 /// bus with a no-op handler.
 async fn herald(n: usize) -> f64 {
     let config = NatsConfig::new(url()).prefix(format!("benchherald{}", std::process::id()));
-    let transport = NatsTransport::connect(config).await.expect("connect to NATS");
+    let transport = NatsTransport::connect(config)
+        .await
+        .expect("connect to NATS");
     transport.delete_streams().await.unwrap();
     let transport = NatsTransport::connect(transport.config().clone())
         .await
@@ -193,17 +195,23 @@ async fn main() {
         return;
     }
     let n = events_count();
-    println!("NATS JetStream: publish with acks and consume to a no-op handler, {n} events of ~200 bytes, batches of {BATCH}, prefetch {PREFETCH}");
+    println!(
+        "NATS JetStream: publish with acks and consume to a no-op handler, {n} events of ~200 bytes, batches of {BATCH}, prefetch {PREFETCH}"
+    );
     let mut best_raw: f64 = 0.0;
     let mut best_herald: f64 = 0.0;
     for round in 1..=3 {
         let r = raw(n, false).await;
         let rh = raw(n, true).await;
         let h = herald(n).await;
-        println!("round {round}: raw async-nats {r:>9.0} events/s   raw with herald's headers {rh:>9.0} events/s   herald {h:>9.0} events/s");
+        println!(
+            "round {round}: raw async-nats {r:>9.0} events/s   raw with herald's headers {rh:>9.0} events/s   herald {h:>9.0} events/s"
+        );
         best_raw = best_raw.max(r);
         best_herald = best_herald.max(h);
     }
     let overhead = (best_raw / best_herald - 1.0) * 100.0;
-    println!("best: raw async-nats {best_raw:.0} events/s, herald {best_herald:.0} events/s, herald overhead {overhead:.1}%");
+    println!(
+        "best: raw async-nats {best_raw:.0} events/s, herald {best_herald:.0} events/s, herald overhead {overhead:.1}%"
+    );
 }

@@ -152,7 +152,10 @@ fn uuid(headers: &HeaderMap, name: &str) -> Result<Option<Uuid>, TransportError>
 ///
 /// [`TransportError::Malformed`] when a header is missing or wrong, or the
 /// payload is not JSON.
-pub fn decode_event(headers: Option<&HeaderMap>, payload: &Bytes) -> Result<RecordedEvent, TransportError> {
+pub fn decode_event(
+    headers: Option<&HeaderMap>,
+    payload: &Bytes,
+) -> Result<RecordedEvent, TransportError> {
     let headers = headers.ok_or_else(|| malformed("the message has no headers"))?;
     let (name, id) = match headers.get(ID) {
         Some(id) => (ID, id.as_str()),
@@ -169,11 +172,17 @@ pub fn decode_event(headers: Option<&HeaderMap>, payload: &Bytes) -> Result<Reco
         .with_timezone(&Utc);
     let stream: Option<Arc<str>> = get_text(headers, STREAM).map(Into::into);
     let free: BTreeMap<String, String> = match headers.get(HEADERS) {
-        Some(json) => serde_json::from_str(json.as_str())
-            .map_err(|e| malformed(format!("header {HEADERS} is not a JSON object of strings: {e}")))?,
+        Some(json) => serde_json::from_str(json.as_str()).map_err(|e| {
+            malformed(format!(
+                "header {HEADERS} is not a JSON object of strings: {e}"
+            ))
+        })?,
         None => BTreeMap::new(),
     };
-    let origin = match (get_text(headers, ORIGIN_STREAM), number(headers, ORIGIN_VERSION)?) {
+    let origin = match (
+        get_text(headers, ORIGIN_STREAM),
+        number(headers, ORIGIN_VERSION)?,
+    ) {
         (Some(stream), Some(version)) => Some(herald::Origin {
             stream: stream.into(),
             version,
@@ -282,8 +291,8 @@ mod tests {
         assert!(matches!(err, TransportError::Malformed { .. }));
         assert!(err.to_string().contains(MSG_ID), "{err}");
         let sent = event("s", BTreeMap::new());
-        let err = decode_event(Some(&event_headers(&sent)), &Bytes::from_static(b"{nope"))
-            .unwrap_err();
+        let err =
+            decode_event(Some(&event_headers(&sent)), &Bytes::from_static(b"{nope")).unwrap_err();
         assert!(err.to_string().contains("not JSON"), "{err}");
     }
 }

@@ -92,14 +92,14 @@ impl NatsConfig {
                 });
             }
         }
-        if let Some(max_age) = self.max_age {
-            if max_age < self.duplicate_window {
-                return Err(TransportError::InvalidName {
-                    transport: NAME,
-                    name: "max_age".to_owned(),
-                    reason: "must be at least the duplicate window".to_owned(),
-                });
-            }
+        if let Some(max_age) = self.max_age
+            && max_age < self.duplicate_window
+        {
+            return Err(TransportError::InvalidName {
+                transport: NAME,
+                name: "max_age".to_owned(),
+                reason: "must be at least the duplicate window".to_owned(),
+            });
         }
         Ok(())
     }

@@ -7,8 +7,7 @@ use async_trait::async_trait;
 use chrono::{SecondsFormat, Utc};
 use futures_util::StreamExt;
 use herald::{
-    BoxError, DeadLetter, DeadLetterError, DeadLetterQuery, DeadLetterStore, EventId,
-    NewDeadLetter,
+    BoxError, DeadLetter, DeadLetterError, DeadLetterQuery, DeadLetterStore, EventId, NewDeadLetter,
 };
 use uuid::Uuid;
 
@@ -248,7 +247,7 @@ impl DeadLetterStore for NatsDeadLetters {
             .map(|(_, l)| l)
             .filter(|l| query.matches(l))
             .collect();
-        letters.sort_by(|a, b| (a.first_failed_at, a.id).cmp(&(b.first_failed_at, b.id)));
+        letters.sort_by_key(|l| (l.first_failed_at, l.id));
         letters.truncate(query.limit.unwrap_or(usize::MAX));
         Ok(letters)
     }

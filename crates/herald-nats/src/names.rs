@@ -16,7 +16,7 @@ const MAX_PREFIX: usize = 64;
 /// More filter subjects than this for one subscriber and it takes one
 /// consumer on every event instead, matching on the client: a consumer per
 /// pattern costs a pull request loop and heartbeats each.
-pub(crate) const MAX_FILTERS: usize = 8;
+pub const MAX_FILTERS: usize = 8;
 
 /// Checks a prefix: letters, digits, `_` and `-`, 1 to 64 bytes.
 pub(crate) fn check_prefix(prefix: &str) -> Result<(), TransportError> {
@@ -373,7 +373,9 @@ mod tests {
     fn impossible_subscriber_names_are_rejected_with_a_reason() {
         for name in ["", &"é".repeat(30)] {
             match subscriber_token(name) {
-                Err(TransportError::InvalidName { name: n, reason, .. }) => {
+                Err(TransportError::InvalidName {
+                    name: n, reason, ..
+                }) => {
                     assert_eq!(n, name);
                     assert!(!reason.is_empty());
                 }

@@ -193,8 +193,7 @@ impl NatsTransport {
                     ),
                 ));
             }
-            if have.duplicate_window != wanted.duplicate_window || have.max_age != wanted.max_age
-            {
+            if have.duplicate_window != wanted.duplicate_window || have.max_age != wanted.max_age {
                 let mut update = have.clone();
                 update.duplicate_window = wanted.duplicate_window;
                 update.max_age = wanted.max_age;
@@ -221,7 +220,7 @@ impl NatsTransport {
         &self,
         messages: Vec<(herald::EventId, String, async_nats::HeaderMap, bytes::Bytes)>,
     ) -> Result<(), TransportError> {
-        let max = usize::try_from(self.inner.client.server_info().max_payload).unwrap_or(0);
+        let max = self.inner.client.server_info().max_payload;
         // Checked before anything is sent, so a batch with one event too
         // large writes nothing.
         if max > 0 {
@@ -364,8 +363,13 @@ impl Transport for NatsTransport {
         // a redelivery is a new message, not deduplicated.
         let headers = codec::headers_of(event, false);
         let subject = self.inner.names.redelivery_subject(&token);
-        self.publish_messages(vec![(event.id(), subject, headers, event.data().to_bytes())])
-            .await
+        self.publish_messages(vec![(
+            event.id(),
+            subject,
+            headers,
+            event.data().to_bytes(),
+        )])
+        .await
     }
 
     fn dead_letters(&self) -> Arc<dyn DeadLetterStore> {
@@ -523,6 +527,7 @@ impl Consumer for NatsConsumer {
             let acker = NatsAcker {
                 message: Some(message),
                 dead_letters: Arc::clone(&self.transport.inner.dead_letters),
+                pause: self.transport.inner.config.ack_wait,
             };
             return Ok(Delivery::new(event, attempt, Vec::new(), acker));
         }
@@ -534,6 +539,9 @@ struct NatsAcker {
     /// `Some` until settled.
     message: Option<jetstream::Message>,
     dead_letters: Arc<NatsDeadLetters>,
+    /// How long a message whose dead letter could not be written waits
+    /// before it comes back: the ack wait.
+    pause: Duration,
 }
 
 impl NatsAcker {
@@ -552,12 +560,12 @@ impl Drop for NatsAcker {
     fn drop(&mut self) {
         // Dropped unsettled (the handler's task was cancelled, say): give it
         // back now rather than after the ack wait.
-        if let Some(message) = self.message.take() {
-            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-                runtime.spawn(async move {
-                    let _ = message.ack_with(jetstream::AckKind::Nak(None)).await;
-                });
-            }
+        if let Some(message) = self.message.take()
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            runtime.spawn(async move {
+                let _ = message.ack_with(jetstream::AckKind::Nak(None)).await;
+            });
         }
     }
 }
@@ -583,10 +591,12 @@ impl Acker for NatsAcker {
         letter: NewDeadLetter,
         attempts: u32,
     ) -> Result<(), TransportError> {
-        self.dead_letters
-            .record_attempts(letter, attempts)
-            .await
-            .map_err(|e| TransportError::broker(NAME, e))?;
+        if let Err(err) = self.dead_letters.record_attempts(letter, attempts).await {
+            // Not acked, so not lost; but given back after a pause, not at
+            // once: the same failure would otherwise spin.
+            let _ = self.send(jetstream::AckKind::Nak(Some(self.pause))).await;
+            return Err(TransportError::broker(NAME, err));
+        }
         self.send(jetstream::AckKind::Ack).await
     }
 

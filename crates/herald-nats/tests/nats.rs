@@ -40,12 +40,15 @@ fn event(event_type: &str, n: u64) -> RecordedEvent {
 }
 
 async fn broker_bus(transport: &NatsTransport) -> Bus {
-    Bus::builder().transport(Arc::new(transport.clone())).build()
+    Bus::builder()
+        .transport(Arc::new(transport.clone()))
+        .build()
 }
 
 async fn subscribe(bus: &Bus, subscriber: Subscriber) {
     let name = subscriber.name().to_owned();
-    bus.subscribe(subscriber.mode(DeliveryMode::Broker)).unwrap();
+    bus.subscribe(subscriber.mode(DeliveryMode::Broker))
+        .unwrap();
     tokio::time::timeout(PATIENCE, bus.ready(&name))
         .await
         .expect("the consumer opens in time")
@@ -56,7 +59,11 @@ async fn subscribe(bus: &Bus, subscriber: Subscriber) {
 /// arrived, to catch extras).
 async fn nothing_more(rx: &mut mpsc::UnboundedReceiver<RecordedEvent>, wait: Duration) {
     if let Ok(Some(extra)) = tokio::time::timeout(wait, rx.recv()).await {
-        panic!("unexpected extra event {} {}", extra.event_type(), extra.id());
+        panic!(
+            "unexpected extra event {} {}",
+            extra.event_type(),
+            extra.id()
+        );
     }
 }
 
@@ -67,13 +74,20 @@ async fn the_duplicate_window_drops_a_republished_event_id() {
     let transport = common::connect(&common::url(), &ns).await;
     let bus = broker_bus(&transport).await;
     let (tx, mut rx) = mpsc::unbounded_channel();
-    subscribe(&bus, Subscriber::new("dup", forward(tx)).topic("order.created")).await;
+    subscribe(
+        &bus,
+        Subscriber::new("dup", forward(tx)).topic("order.created"),
+    )
+    .await;
 
     let e = event("order.created", 1);
     transport.publish(std::slice::from_ref(&e)).await.unwrap();
     transport.publish(std::slice::from_ref(&e)).await.unwrap();
     let other = event("order.created", 2);
-    transport.publish(&[e.clone(), other.clone()]).await.unwrap();
+    transport
+        .publish(&[e.clone(), other.clone()])
+        .await
+        .unwrap();
 
     let got = receive(&mut rx, 2).await;
     assert_eq!(
@@ -110,7 +124,10 @@ async fn events_lie_on_the_server_under_their_subject_with_headers_and_json_data
     );
     let header = |name: &str| message.headers.get(name).map(|v| v.as_str().to_owned());
     assert_eq!(header("Nats-Msg-Id"), Some(e.id().to_string()));
-    assert_eq!(header(herald_nats::headers::TYPE).as_deref(), Some("billing.invoice.paid"));
+    assert_eq!(
+        header(herald_nats::headers::TYPE).as_deref(),
+        Some("billing.invoice.paid")
+    );
     assert_eq!(header(herald_nats::headers::STREAM).as_deref(), Some("s-3"));
     assert_eq!(header(herald_nats::headers::VERSION).as_deref(), Some("7"));
     assert_eq!(header(herald_nats::headers::POSITION).as_deref(), Some("8"));
@@ -137,7 +154,11 @@ async fn patterns_route_on_the_server_as_herald_matches_them() {
     let transport = common::connect(&common::url(), &ns).await;
     let bus = broker_bus(&transport).await;
     let (hash_tx, mut hash_rx) = mpsc::unbounded_channel();
-    subscribe(&bus, Subscriber::new("hash", forward(hash_tx)).topic("order.#")).await;
+    subscribe(
+        &bus,
+        Subscriber::new("hash", forward(hash_tx)).topic("order.#"),
+    )
+    .await;
     let (mid_tx, mut mid_rx) = mpsc::unbounded_channel();
     subscribe(&bus, Subscriber::new("mid", forward(mid_tx)).topic("a.#.z")).await;
     // Two overlapping patterns: an event under both arrives once.
@@ -149,8 +170,15 @@ async fn patterns_route_on_the_server_as_herald_matches_them() {
     .await;
 
     let types = [
-        "order", "order.created", "order.line.added", "orders.created", "a.z", "a.b.z",
-        "a.b", "a.b.c.z", "invoice.created",
+        "order",
+        "order.created",
+        "order.line.added",
+        "orders.created",
+        "a.z",
+        "a.b.z",
+        "a.b",
+        "a.b.c.z",
+        "invoice.created",
     ];
     let events: Vec<RecordedEvent> = types.iter().zip(0..).map(|(t, n)| event(t, n)).collect();
     transport.publish(&events).await.unwrap();
@@ -164,7 +192,10 @@ async fn patterns_route_on_the_server_as_herald_matches_them() {
         types_of(receive(&mut hash_rx, 3).await),
         ["order", "order.created", "order.line.added"]
     );
-    assert_eq!(types_of(receive(&mut mid_rx, 3).await), ["a.b.c.z", "a.b.z", "a.z"]);
+    assert_eq!(
+        types_of(receive(&mut mid_rx, 3).await),
+        ["a.b.c.z", "a.b.z", "a.z"]
+    );
     assert_eq!(
         types_of(receive(&mut two_rx, 3).await),
         ["invoice.created", "order.created", "orders.created"]
@@ -207,7 +238,10 @@ async fn topology_is_declared_once_and_found_again() {
     // `order.#` needs `order` and `order.>`; plus `invoice.paid`; plus the
     // redeliveries: four durable consumers, whoever declared them first.
     assert_eq!(names.len(), 4, "{names:?}");
-    assert!(names.iter().all(|n| n.starts_with("app_2Emailer__")), "{names:?}");
+    assert!(
+        names.iter().all(|n| n.starts_with("app_2Emailer__")),
+        "{names:?}"
+    );
     assert!(names.contains(&"app_2Emailer__rd".to_owned()));
     for name in &names {
         let info = stream.consumer_info(name).await.unwrap();
@@ -238,8 +272,12 @@ async fn bad_names_and_oversized_events_get_typed_errors() {
         transport.subscribe(&long).await,
         Err(TransportError::InvalidName { .. })
     ));
-    let bad_prefix = NatsTransport::connect(common::config(&common::url(), "x").prefix("a.b")).await;
-    assert!(matches!(bad_prefix, Err(TransportError::InvalidName { .. })));
+    let bad_prefix =
+        NatsTransport::connect(common::config(&common::url(), "x").prefix("a.b")).await;
+    assert!(matches!(
+        bad_prefix,
+        Err(TransportError::InvalidName { .. })
+    ));
 
     // One event over the server's max_payload: nothing of the batch is
     // written.
@@ -278,7 +316,10 @@ async fn retries_count_attempts_and_dead_letters_come_back_as_a_first_attempt() 
                 if healthy.load(std::sync::atomic::Ordering::SeqCst) {
                     Ok(())
                 } else {
-                    Err(HandlerError::retry(format!("down on attempt {}", ctx.attempt())))
+                    Err(HandlerError::retry(format!(
+                        "down on attempt {}",
+                        ctx.attempt()
+                    )))
                 }
             }
         })
@@ -294,7 +335,10 @@ async fn retries_count_attempts_and_dead_letters_come_back_as_a_first_attempt() 
     transport.publish(std::slice::from_ref(&e)).await.unwrap();
     let mut attempts = Vec::new();
     for _ in 0..3 {
-        let (id, attempt) = tokio::time::timeout(PATIENCE, rx.recv()).await.unwrap().unwrap();
+        let (id, attempt) = tokio::time::timeout(PATIENCE, rx.recv())
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(id, e.id());
         attempts.push(attempt);
     }
@@ -320,9 +364,17 @@ async fn retries_count_attempts_and_dead_letters_come_back_as_a_first_attempt() 
     // Retried from the dead letters: back to this group as attempt 1.
     healthy.store(true, std::sync::atomic::Ordering::SeqCst);
     bus.retry_dead_letter(letter.id).await.unwrap();
-    let (id, attempt) = tokio::time::timeout(PATIENCE, rx.recv()).await.unwrap().unwrap();
+    let (id, attempt) = tokio::time::timeout(PATIENCE, rx.recv())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!((id, attempt), (e.id(), 1));
-    assert!(bus.dead_letters(&DeadLetterQuery::default()).await.unwrap().is_empty());
+    assert!(
+        bus.dead_letters(&DeadLetterQuery::default())
+            .await
+            .unwrap()
+            .is_empty()
+    );
     bus.shutdown().await;
 }
 
@@ -343,14 +395,19 @@ async fn no_acknowledged_publish_is_lost_when_connections_drop() {
         if round == 5 || round == 12 {
             assert!(proxy.cut() >= 2, "the proxy carried both connections");
         }
-        let batch: Vec<RecordedEvent> = (0..50).map(|n| event("order.placed", round * 100 + n)).collect();
+        let batch: Vec<RecordedEvent> = (0..50)
+            .map(|n| event("order.placed", round * 100 + n))
+            .collect();
         // Waits out the reconnect: a publish either fails or is stored.
         match publisher.publish(&batch).await {
             Ok(()) => acked.extend(batch.iter().map(|e| e.id())),
             Err(_) => failed += 1,
         }
     }
-    assert!(acked.len() >= 50 * 10, "most batches went through ({failed} failed)");
+    assert!(
+        acked.len() >= 50 * 10,
+        "most batches went through ({failed} failed)"
+    );
 
     let mut seen = HashSet::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);

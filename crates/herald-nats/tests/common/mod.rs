@@ -22,7 +22,11 @@ pub fn url() -> String {
 pub fn server_addr() -> String {
     let url = url();
     let rest = url.split("://").nth(1).unwrap_or(&url).to_owned();
-    rest.rsplit('@').next().unwrap_or(&rest).trim_end_matches('/').to_owned()
+    rest.rsplit('@')
+        .next()
+        .unwrap_or(&rest)
+        .trim_end_matches('/')
+        .to_owned()
 }
 
 /// A configuration for `url` under a prefix made from `namespace`, with a
@@ -58,7 +62,9 @@ pub struct Proxy {
 
 impl Proxy {
     pub async fn start() -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind a proxy port");
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind a proxy port");
         let addr = listener.local_addr().expect("proxy address");
         let links: Arc<Mutex<Vec<JoinHandle<()>>>> = Arc::default();
         let server = server_addr();
@@ -78,7 +84,11 @@ impl Proxy {
                 }
             }
         });
-        Self { addr, links, accept }
+        Self {
+            addr,
+            links,
+            accept,
+        }
     }
 
     pub fn url(&self) -> String {
