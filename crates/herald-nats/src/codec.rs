@@ -40,6 +40,10 @@ pub const ORIGIN_STREAM: &str = "Herald-Origin-Stream";
 /// For an event read through a link: its original version.
 pub const ORIGIN_VERSION: &str = "Herald-Origin-Version";
 
+/// On a message whose payload was too large for it: the name of the
+/// object in `<PREFIX>_PAYLOADS` holding the event's data.
+pub const PAYLOAD_OBJECT: &str = "Herald-Payload-Object";
+
 /// Suffix of a header whose text holds a line break: its value is then the
 /// JSON string of the text (NATS header values cannot hold line breaks).
 const JSON_SUFFIX: &str = "-Json";

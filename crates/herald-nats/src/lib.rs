@@ -42,6 +42,7 @@
 //! | a subscriber's consumers | `<token>__e<hash>` | one durable pull consumer per filter subject (see below), explicit ack, `max_ack_pending` = the subscriber's prefetch, the [ack wait](NatsConfig::ack_wait), delivering what is published after it was first declared |
 //! | a subscriber's redeliveries | subject `shop.rd.<token>`, consumer `<token>__rd` | dead letters retried to this subscriber only |
 //! | dead-letter stream | `SHOP_DLQ` | subjects `shop.dlq.<token>.<event id>`, one message per subject |
+//! | large payloads | object store `SHOP_PAYLOADS` | payloads too large for a message (see below) |
 //!
 //! `<token>` is the subscriber's name escaped into what NATS names and
 //! subject tokens can hold ([`subscriber_token`]): ASCII letters, digits
@@ -67,6 +68,7 @@
 //! | `Herald-Correlation-Id`, `Herald-Causation-Id` | the metadata's ids |
 //! | `Herald-Headers` | the free metadata headers as one JSON object (their keys may hold what header names cannot) |
 //! | `Herald-Origin-Stream`, `Herald-Origin-Version` | for an event read through a link |
+//! | `Herald-Payload-Object` | for a payload too large for a message: its object's name |
 //!
 //! A text with a line break (a stream name, say) goes JSON-quoted in the
 //! header named with `-Json` appended. [`headers`] has the names.
@@ -152,16 +154,24 @@
 //! # Large messages
 //!
 //! The server refuses a message (payload and headers) above its
-//! `max_payload`, 1 MiB by default. A batch holding such an event fails as
-//! a whole before anything is sent, with
+//! `max_payload`, 1 MiB by default, so an event of 1 MiB does not fit with
+//! its headers. Such a payload goes to the object store bucket
+//! `<PREFIX>_PAYLOADS` (created when first needed, its objects kept for
+//! [`max_age`](NatsConfig::max_age)) under the event id, and the message
+//! carries the headers with an empty payload and
+//! `Herald-Payload-Object: <event id>`; the consumer fetches the data before
+//! handing the event on (a fetch that fails gives the message back after
+//! the ack wait). Only an event whose *headers* alone exceed the limit is
+//! refused, before anything of its batch is sent:
 //! [`TransportError::Broker`](herald::transport::TransportError::Broker)
-//! whose source is a [`PayloadTooLarge`] naming the event, its size and the
-//! limit. Events are not split across messages: raise `max_payload` on the
-//! server (up to 64 MiB) for larger ones. A dead letter holds the event and
-//! its errors as JSON, so an event close to the limit may not fit in the
-//! dead-letter stream; it then stays on the events stream, coming back
-//! after each ack wait.
+//! whose source is a [`PayloadTooLarge`] naming the event, the size and the
+//! limit.
 //!
+//! A dead letter is one message holding the event and its errors as JSON,
+//! so the dead letter of an event near or above the limit does not fit in
+//! the dead-letter stream: the delivery then stays on the events stream and
+//! comes back after each ack wait, logged, instead of being parked.
+
 //! # Capabilities
 //!
 //! | capability | |
@@ -188,6 +198,7 @@ mod codec;
 mod config;
 mod dead_letters;
 mod names;
+mod payloads;
 mod transport;
 
 pub use crate::config::NatsConfig;
@@ -203,8 +214,8 @@ const NAME: &str = "nats";
 /// Header names: how an event's fields and a dead letter's travel.
 pub mod headers {
     pub use crate::codec::{
-        CAUSATION_ID, CORRELATION_ID, HEADERS, ID, MSG_ID, ORIGIN_STREAM, ORIGIN_VERSION, POSITION,
-        RECORDED_AT, STREAM, TYPE, VERSION,
+        CAUSATION_ID, CORRELATION_ID, HEADERS, ID, MSG_ID, ORIGIN_STREAM, ORIGIN_VERSION,
+        PAYLOAD_OBJECT, POSITION, RECORDED_AT, STREAM, TYPE, VERSION,
     };
     pub use crate::dead_letters::{
         ATTEMPTS, DEAD_LETTER_ID, ERRORS, FIRST_FAILED_AT, LAST_ERROR, SUBSCRIBER,

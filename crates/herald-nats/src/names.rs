@@ -145,6 +145,11 @@ impl Names {
         format!("{}_DLQ", self.prefix.to_ascii_uppercase())
     }
 
+    /// `<PREFIX>_PAYLOADS`: the object store bucket of large payloads.
+    pub(crate) fn payloads_bucket(&self) -> String {
+        format!("{}_PAYLOADS", self.prefix.to_ascii_uppercase())
+    }
+
     /// `<prefix>.ev.`: what every event subject starts with.
     pub(crate) fn event_root(&self) -> String {
         format!("{}.ev.", self.prefix)

@@ -14,17 +14,19 @@ use herald::{AttemptError, DeadLetterStore, NewDeadLetter, RecordedEvent};
 use crate::codec;
 use crate::dead_letters::NatsDeadLetters;
 use crate::names::{self, Names};
+use crate::payloads::Payloads;
 use crate::{NAME, NatsConfig};
 
-/// The size of a message above the server's `max_payload`.
+/// An event whose headers alone are above the server's `max_payload`
+/// (its payload, however large, goes to the object store).
 #[derive(Debug, thiserror::Error)]
 #[error(
-    "event {event_id} is {size} bytes with its headers, more than the server's max_payload of {max} bytes"
+    "event {event_id} has {size} bytes of headers, more than the server's max_payload of {max} bytes"
 )]
 pub struct PayloadTooLarge {
     /// The event.
     pub event_id: herald::EventId,
-    /// Its payload and headers, in bytes.
+    /// Its headers and subject, in bytes.
     pub size: usize,
     /// The server's limit.
     pub max: usize,
@@ -46,6 +48,7 @@ struct Inner {
     config: NatsConfig,
     closed: AtomicBool,
     dead_letters: Arc<NatsDeadLetters>,
+    payloads: Payloads,
 }
 
 impl NatsTransport {
@@ -77,6 +80,11 @@ impl NatsTransport {
             .timeout(config.request_timeout)
             .build(client.clone());
         let dead_letters = Arc::new(NatsDeadLetters::new(js.clone(), names.clone()));
+        let payloads = Payloads::new(
+            js.clone(),
+            names.payloads_bucket(),
+            config.max_age.unwrap_or_default(),
+        );
         let transport = Self {
             inner: Arc::new(Inner {
                 client,
@@ -85,6 +93,7 @@ impl NatsTransport {
                 config,
                 closed: AtomicBool::new(false),
                 dead_letters,
+                payloads,
             }),
         };
         transport.declare_streams().await?;
@@ -117,8 +126,8 @@ impl NatsTransport {
         Arc::clone(&self.inner.dead_letters)
     }
 
-    /// Deletes this prefix's streams, with their consumers, events and dead
-    /// letters. For tests and tear-downs; a later call to
+    /// Deletes this prefix's streams, with their consumers, events, dead
+    /// letters and large payloads. For tests and tear-downs; a later call to
     /// [`connect`](Self::connect) declares them anew.
     ///
     /// # Errors
@@ -128,6 +137,7 @@ impl NatsTransport {
         for name in [
             self.inner.names.events_stream(),
             self.inner.names.dlq_stream(),
+            self.inner.payloads.stream_name(),
         ] {
             match self.inner.js.delete_stream(&name).await {
                 Ok(_) => {}
@@ -221,11 +231,13 @@ impl NatsTransport {
         messages: Vec<(herald::EventId, String, async_nats::HeaderMap, bytes::Bytes)>,
     ) -> Result<(), TransportError> {
         let max = self.inner.client.server_info().max_payload;
-        // Checked before anything is sent, so a batch with one event too
-        // large writes nothing.
+        // Checked before anything is sent, so a batch with one event whose
+        // headers alone are too large writes nothing; a payload too large
+        // goes to the object store, and the message carries its name.
+        let mut messages = messages;
         if max > 0 {
-            for (event_id, subject, headers, payload) in &messages {
-                let size = payload.len() + header_size(headers) + subject.len();
+            for (event_id, subject, headers, _) in &messages {
+                let size = header_size(headers) + subject.len() + 64;
                 if size > max {
                     return Err(TransportError::broker(
                         NAME,
@@ -235,6 +247,19 @@ impl NatsTransport {
                             max,
                         },
                     ));
+                }
+            }
+            for (event_id, subject, headers, payload) in &mut messages {
+                let size = payload.len() + header_size(headers) + subject.len();
+                if size > max {
+                    let name = event_id.to_string();
+                    self.inner
+                        .payloads
+                        .put(&name, payload)
+                        .await
+                        .map_err(|e| not_confirmed(*event_id, &e))?;
+                    headers.insert(codec::PAYLOAD_OBJECT, name);
+                    *payload = bytes::Bytes::new();
                 }
             }
         }
@@ -349,6 +374,7 @@ impl Transport for NatsTransport {
             root,
             filters,
             streams,
+            pending: None,
         }))
     }
 
@@ -458,9 +484,56 @@ struct NatsConsumer {
     root: String,
     filters: Vec<String>,
     streams: SelectAll<BoxStream<'static, (Source, Pulled)>>,
+    /// A message taken from the streams whose large payload is being
+    /// fetched: kept here, so that a cancelled `next` resumes with it.
+    pending: Option<(Source, jetstream::Message)>,
 }
 
 impl NatsConsumer {
+    /// The delivery of a message with its payload; `None` for a message
+    /// this consumer settles itself (not an event, or not for it).
+    async fn deliver(
+        &mut self,
+        source: Source,
+        message: jetstream::Message,
+        payload: &bytes::Bytes,
+    ) -> Option<Delivery> {
+        let attempt = message
+            .info()
+            .map(|i| u32::try_from(i.delivered).unwrap_or(1))
+            .unwrap_or(1);
+        let event = match codec::decode_event(message.headers.as_ref(), payload) {
+            Ok(event) => event,
+            Err(err) => {
+                // Not a Herald event: delivering it again would fail the
+                // same way.
+                tracing::warn!(
+                    subscriber = %self.spec.name,
+                    subject = %message.subject,
+                    error = %err,
+                    "dropping a message that is not a Herald event"
+                );
+                let _ = message.ack_with(jetstream::AckKind::Term).await;
+                return None;
+            }
+        };
+        if let Source::Filter(index) = source {
+            debug_assert!(message.subject.as_str().starts_with(&self.root));
+            if !self.takes(index, &event) {
+                // Under the filter but not the patterns (`a.#.z` filters
+                // on `a.>`), or another filter's consumer handles it.
+                let _ = message.ack().await;
+                return None;
+            }
+        }
+        let acker = NatsAcker {
+            message: Some(message),
+            dead_letters: Arc::clone(&self.transport.inner.dead_letters),
+            pause: self.transport.inner.config.ack_wait,
+        };
+        Some(Delivery::new(event, attempt, Vec::new(), acker))
+    }
+
     /// Whether the consumer of filter `index` hands the message on: the
     /// event's type matches a pattern, and no filter before this one (in
     /// the order every process agrees on) matches its subject, so that an
@@ -484,52 +557,62 @@ impl Consumer for NatsConsumer {
             if self.transport.inner.closed.load(Ordering::SeqCst) {
                 return Err(TransportError::Closed(NAME));
             }
-            // Polling a stream is cancel-safe: a message stays buffered in
-            // it until it is returned here.
-            let Some((source, pulled)) = self.streams.next().await else {
-                return Err(TransportError::connection(
-                    NAME,
-                    "the message streams ended",
-                ));
+            let (source, message) = match self.pending.take() {
+                Some(pending) => pending,
+                None => {
+                    // Polling a stream is cancel-safe: a message stays
+                    // buffered in it until it is returned here.
+                    let Some((source, pulled)) = self.streams.next().await else {
+                        return Err(TransportError::connection(
+                            NAME,
+                            "the message streams ended",
+                        ));
+                    };
+                    // Any error (a missed heartbeat, a deleted consumer)
+                    // ends this consumer; the bus opens a new one, which
+                    // finds or recreates the consumers and pulls again.
+                    (
+                        source,
+                        pulled.map_err(|e| TransportError::connection(NAME, e))?,
+                    )
+                }
             };
-            // Any error (a missed heartbeat, a deleted consumer) ends this
-            // consumer; the bus opens a new one, which finds or recreates
-            // the consumers and pulls again.
-            let message = pulled.map_err(|e| TransportError::connection(NAME, e))?;
-            let attempt = message
-                .info()
-                .map(|i| u32::try_from(i.delivered).unwrap_or(1))
-                .unwrap_or(1);
-            let event = match codec::decode_event(message.headers.as_ref(), &message.payload) {
-                Ok(event) => event,
-                Err(err) => {
-                    // Not a Herald event: delivering it again would fail the
-                    // same way.
-                    tracing::warn!(
-                        subscriber = %self.spec.name,
-                        subject = %message.subject,
-                        error = %err,
-                        "dropping a message that is not a Herald event"
-                    );
-                    let _ = message.ack_with(jetstream::AckKind::Term).await;
+            let object = message
+                .headers
+                .as_ref()
+                .and_then(|h| h.get(codec::PAYLOAD_OBJECT))
+                .map(|v| v.as_str().to_owned());
+            let payload = match object {
+                None => message.payload.clone(),
+                Some(name) => {
+                    self.pending = Some((source, message));
+                    let fetched = self.transport.inner.payloads.get(&name).await;
+                    let Some((_, message)) = self.pending.take() else {
+                        continue;
+                    };
+                    let payload = match fetched {
+                        Ok(payload) => payload,
+                        Err(err) => {
+                            tracing::warn!(
+                                subscriber = %self.spec.name,
+                                object = %name,
+                                error = %err,
+                                "could not fetch a large payload; the event comes back after the ack wait"
+                            );
+                            let pause = self.transport.inner.config.ack_wait;
+                            let _ = message.ack_with(jetstream::AckKind::Nak(Some(pause))).await;
+                            continue;
+                        }
+                    };
+                    if let Some(delivery) = self.deliver(source, message, &payload).await {
+                        return Ok(delivery);
+                    }
                     continue;
                 }
             };
-            if let Source::Filter(index) = source {
-                debug_assert!(message.subject.as_str().starts_with(&self.root));
-                if !self.takes(index, &event) {
-                    // Under the filter but not the patterns (`a.#.z` filters
-                    // on `a.>`), or another filter's consumer handles it.
-                    let _ = message.ack().await;
-                    continue;
-                }
+            if let Some(delivery) = self.deliver(source, message, &payload).await {
+                return Ok(delivery);
             }
-            let acker = NatsAcker {
-                message: Some(message),
-                dead_letters: Arc::clone(&self.transport.inner.dead_letters),
-                pause: self.transport.inner.config.ack_wait,
-            };
-            return Ok(Delivery::new(event, attempt, Vec::new(), acker));
         }
     }
 }

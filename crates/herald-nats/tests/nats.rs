@@ -279,12 +279,14 @@ async fn bad_names_and_oversized_events_get_typed_errors() {
         Err(TransportError::InvalidName { .. })
     ));
 
-    // One event over the server's max_payload: nothing of the batch is
+    // Headers alone over the server's max_payload: nothing of the batch is
     // written.
     let small = event("big.thing", 1);
     let mut parts = event("big.thing", 2).into_parts();
-    let blob = "x".repeat(1024 * 1024 + 10);
-    parts.data = Payload::from(json!({ "blob": blob }));
+    parts
+        .metadata
+        .headers
+        .insert("huge".to_owned(), "x".repeat(1024 * 1024 + 10));
     let big = RecordedEvent::from_parts(parts);
     let err = transport.publish(&[small, big.clone()]).await.unwrap_err();
     let text = err.to_string();
@@ -296,6 +298,44 @@ async fn bad_names_and_oversized_events_get_typed_errors() {
         .await
         .unwrap();
     assert_eq!(stream.info().await.unwrap().state.messages, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_payload_above_max_payload_travels_through_the_object_store() {
+    let ns = namespace("large");
+    let _cleanup = common::Cleanup(ns.clone());
+    let transport = common::connect(&common::url(), &ns).await;
+    let bus = broker_bus(&transport).await;
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    subscribe(&bus, Subscriber::new("large", forward(tx)).topic("big.*")).await;
+
+    let small = event("big.small", 1);
+    let mut parts = event("big.large", 2).into_parts();
+    parts.data = Payload::from(json!({ "blob": "y".repeat(2 * 1024 * 1024) }));
+    let large = RecordedEvent::from_parts(parts);
+    transport.publish(&[small.clone(), large.clone()]).await.unwrap();
+
+    let got = receive(&mut rx, 2).await;
+    let by_id: std::collections::HashMap<_, _> = got.iter().map(|e| (e.id(), e)).collect();
+    assert_eq!(by_id[&large.id()].data().to_value(), large.data().to_value());
+    assert_eq!(by_id[&small.id()].data().to_value(), small.data().to_value());
+
+    // On the events stream, the large one is a reference.
+    let stream = transport
+        .jetstream()
+        .get_stream(transport.events_stream())
+        .await
+        .unwrap();
+    let message = stream.get_raw_message(2).await.unwrap();
+    assert!(message.payload.is_empty());
+    assert_eq!(
+        message
+            .headers
+            .get(herald_nats::headers::PAYLOAD_OBJECT)
+            .map(|v| v.as_str().to_owned()),
+        Some(large.id().to_string())
+    );
+    bus.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
