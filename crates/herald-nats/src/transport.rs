@@ -105,6 +105,17 @@ impl NatsTransport {
         &self.inner.config
     }
 
+    /// The NATS client, for what Herald does not wrap (its connection
+    /// state, say).
+    pub fn client(&self) -> &async_nats::Client {
+        &self.inner.client
+    }
+
+    /// Whether [`close`](Transport::close) was called.
+    pub fn is_closed(&self) -> bool {
+        self.inner.closed.load(Ordering::SeqCst)
+    }
+
     /// The JetStream context, for what Herald does not wrap (stream
     /// statistics, say).
     pub fn jetstream(&self) -> &jetstream::Context {

@@ -313,12 +313,21 @@ async fn a_payload_above_max_payload_travels_through_the_object_store() {
     let mut parts = event("big.large", 2).into_parts();
     parts.data = Payload::from(json!({ "blob": "y".repeat(2 * 1024 * 1024) }));
     let large = RecordedEvent::from_parts(parts);
-    transport.publish(&[small.clone(), large.clone()]).await.unwrap();
+    transport
+        .publish(&[small.clone(), large.clone()])
+        .await
+        .unwrap();
 
     let got = receive(&mut rx, 2).await;
     let by_id: std::collections::HashMap<_, _> = got.iter().map(|e| (e.id(), e)).collect();
-    assert_eq!(by_id[&large.id()].data().to_value(), large.data().to_value());
-    assert_eq!(by_id[&small.id()].data().to_value(), small.data().to_value());
+    assert_eq!(
+        by_id[&large.id()].data().to_value(),
+        large.data().to_value()
+    );
+    assert_eq!(
+        by_id[&small.id()].data().to_value(),
+        small.data().to_value()
+    );
 
     // On the events stream, the large one is a reference.
     let stream = transport
@@ -462,5 +471,37 @@ async fn no_acknowledged_publish_is_lost_when_connections_drop() {
             ),
         }
     }
+    bus.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consumers_keep_pulling_after_the_harness_disrupts_their_connections() {
+    use herald_testkit::transports::TransportHarness;
+    let harness = common::NatsHarness::default();
+    let ns = namespace("disrupt");
+    let bus = Bus::builder().transport(harness.connect(&ns).await).build();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    subscribe(&bus, Subscriber::new("d", forward(tx)).topic("order.*")).await;
+    let publisher = harness.connect(&ns).await;
+    let before = event("order.placed", 1);
+    publisher
+        .publish(std::slice::from_ref(&before))
+        .await
+        .unwrap();
+    assert_eq!(receive(&mut rx, 1).await[0].id(), before.id());
+
+    // Returns once both clients are connected again.
+    harness.disrupt(&ns).await;
+    let after: Vec<RecordedEvent> = (2..12).map(|n| event("order.placed", n)).collect();
+    publisher
+        .publish(&after)
+        .await
+        .expect("a publish after the reconnect");
+    let got: HashSet<EventId> = receive(&mut rx, after.len())
+        .await
+        .iter()
+        .map(|e| e.id())
+        .collect();
+    assert_eq!(got, after.iter().map(|e| e.id()).collect());
     bus.shutdown().await;
 }

@@ -56,6 +56,8 @@ pub async fn connect(url: &str, namespace: &str) -> NatsTransport {
 /// cut at once, which the client sees as a dropped connection.
 pub struct Proxy {
     addr: SocketAddr,
+    /// Connections taken so far.
+    accepted: Arc<std::sync::atomic::AtomicUsize>,
     links: Arc<Mutex<Vec<JoinHandle<()>>>>,
     accept: JoinHandle<()>,
 }
@@ -67,11 +69,14 @@ impl Proxy {
             .expect("bind a proxy port");
         let addr = listener.local_addr().expect("proxy address");
         let links: Arc<Mutex<Vec<JoinHandle<()>>>> = Arc::default();
+        let accepted: Arc<std::sync::atomic::AtomicUsize> = Arc::default();
         let server = server_addr();
         let accept = tokio::spawn({
             let links = Arc::clone(&links);
+            let accepted = Arc::clone(&accepted);
             async move {
                 while let Ok((mut client, _)) = listener.accept().await {
+                    accepted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                     let server = server.clone();
                     let link = tokio::spawn(async move {
                         if let Ok(mut upstream) = TcpStream::connect(&server).await {
@@ -86,9 +91,15 @@ impl Proxy {
         });
         Self {
             addr,
+            accepted,
             links,
             accept,
         }
+    }
+
+    /// Connections taken so far.
+    pub fn accepted(&self) -> usize {
+        self.accepted.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     pub fn url(&self) -> String {
@@ -118,6 +129,8 @@ impl Drop for Proxy {
 #[derive(Default)]
 pub struct NatsHarness {
     proxies: Mutex<HashMap<String, Arc<Proxy>>>,
+    /// The transports of each namespace, to see them reconnect.
+    transports: Mutex<HashMap<String, Vec<NatsTransport>>>,
 }
 
 impl Drop for NatsHarness {
@@ -150,12 +163,44 @@ impl NatsHarness {
 impl herald_testkit::transports::TransportHarness for NatsHarness {
     async fn connect(&self, namespace: &str) -> Arc<dyn Transport> {
         let proxy = self.proxy(namespace).await;
-        Arc::new(connect(&proxy.url(), namespace).await)
+        let transport = connect(&proxy.url(), namespace).await;
+        self.transports
+            .lock()
+            .unwrap()
+            .entry(namespace.to_owned())
+            .or_default()
+            .push(transport.clone());
+        Arc::new(transport)
     }
 
+    /// Cuts the namespace's connections, and returns once every transport
+    /// of it still open is connected again (a new connection each).
     async fn disrupt(&self, namespace: &str) {
         let proxy = self.proxy(namespace).await;
+        let before = proxy.accepted();
         proxy.cut();
+        let open: Vec<NatsTransport> = self
+            .transports
+            .lock()
+            .unwrap()
+            .get(namespace)
+            .map(|ts| ts.iter().filter(|t| !t.is_closed()).cloned().collect())
+            .unwrap_or_default();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let reconnected = proxy.accepted() >= before + open.len()
+                && open.iter().all(|t| {
+                    t.client().connection_state() == async_nats::connection::State::Connected
+                });
+            if reconnected {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the clients of {namespace} did not reconnect to NATS within 20 s"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 }
 
