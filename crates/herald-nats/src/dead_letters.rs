@@ -1,5 +1,6 @@
 //! [`NatsDeadLetters`]: dead letters in a JetStream stream.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer, stream};
@@ -13,6 +14,7 @@ use uuid::Uuid;
 
 use crate::codec;
 use crate::names::{self, Names};
+use crate::payloads::Payloads;
 
 /// The dead letter's id.
 pub const DEAD_LETTER_ID: &str = "Herald-Dead-Letter-Id";
@@ -47,11 +49,37 @@ const RECORD_TRIES: usize = 8;
 pub struct NatsDeadLetters {
     js: jetstream::Context,
     names: Names,
+    /// Where a dead letter too large for a message goes (its event's
+    /// payload was, say).
+    payloads: Arc<Payloads>,
 }
 
 impl NatsDeadLetters {
-    pub(crate) fn new(js: jetstream::Context, names: Names) -> Self {
-        Self { js, names }
+    pub(crate) fn new(js: jetstream::Context, names: Names, payloads: Arc<Payloads>) -> Self {
+        Self {
+            js,
+            names,
+            payloads,
+        }
+    }
+
+    /// The dead letter a message holds, fetched from the object store when
+    /// it was too large for the message.
+    async fn letter_of(
+        &self,
+        headers: Option<&async_nats::HeaderMap>,
+        payload: &[u8],
+    ) -> Result<DeadLetter, DeadLetterError> {
+        match object_of(headers) {
+            Some(name) => decode(
+                &self
+                    .payloads
+                    .get(&name)
+                    .await
+                    .map_err(DeadLetterError::Store)?,
+            ),
+            None => decode(payload),
+        }
     }
 
     async fn stream(&self) -> Result<stream::Stream<()>, DeadLetterError> {
@@ -79,7 +107,12 @@ impl NatsDeadLetters {
         let now = letter.errors.last().map(|e| e.at).unwrap_or_else(Utc::now);
         for _ in 0..RECORD_TRIES {
             let previous = match stream.get_last_raw_message_by_subject(&subject).await {
-                Ok(message) => Some((message.sequence, decode(&message.payload)?)),
+                Ok(message) => Some((
+                    message.sequence,
+                    self.letter_of(Some(&message.headers), &message.payload)
+                        .await?,
+                    object_of(Some(&message.headers)),
+                )),
                 Err(e)
                     if e.kind()
                         == async_nats::jetstream::stream::LastRawMessageErrorKind::NoMessageFound =>
@@ -88,7 +121,8 @@ impl NatsDeadLetters {
                 }
                 Err(e) => return Err(store_error(e)),
             };
-            let (sequence, letter) = match previous {
+            let replaced_object = previous.as_ref().and_then(|p| p.2.clone());
+            let (sequence, letter) = match previous.map(|p| (p.0, p.1)) {
                 Some((sequence, mut existing)) => {
                     existing.attempts = existing.attempts.saturating_add(attempts);
                     existing.errors.extend(letter.errors.iter().cloned());
@@ -112,9 +146,30 @@ impl NatsDeadLetters {
                     (0, dead)
                 }
             };
+            let mut payload: bytes::Bytes =
+                serde_json::to_vec(&letter).map_err(store_error)?.into();
+            let mut headers = headers(&letter);
+            let max = self.js.client().server_info().max_payload;
+            let mut object = None;
+            if max > 0
+                && payload.len() + crate::transport::header_size(&headers) + subject.len() + 128
+                    > max
+            {
+                // Too large for a message: the letter goes to the object
+                // store under a name of this write's own, so that a write
+                // that loses the race below leaves the winner's alone.
+                let name = format!("dlq-{token}-{}-{}", letter.event.id(), EventId::new());
+                self.payloads
+                    .put(&name, &payload)
+                    .await
+                    .map_err(DeadLetterError::Store)?;
+                headers.insert(codec::PAYLOAD_OBJECT, name.as_str());
+                payload = bytes::Bytes::new();
+                object = Some(name);
+            }
             let publish = jetstream::message::PublishMessage::build()
-                .payload(serde_json::to_vec(&letter).map_err(store_error)?.into())
-                .headers(headers(&letter))
+                .payload(payload)
+                .headers(headers)
                 .expected_last_subject_sequence(sequence);
             let ack = self
                 .js
@@ -122,12 +177,20 @@ impl NatsDeadLetters {
                 .await
                 .map_err(store_error)?;
             match ack.await {
-                Ok(_) => return Ok(letter),
+                Ok(_) => {
+                    if let Some(old) = replaced_object {
+                        let _ = self.payloads.delete(&old).await;
+                    }
+                    return Ok(letter);
+                }
                 Err(e)
                     if e.kind() == jetstream::context::PublishErrorKind::WrongLastSequence
                         || e.to_string().contains("wrong last") =>
                 {
                     // Another process recorded it in between: read again.
+                    if let Some(name) = object {
+                        let _ = self.payloads.delete(&name).await;
+                    }
                     continue;
                 }
                 Err(e) => return Err(store_error(e)),
@@ -151,11 +214,43 @@ impl NatsDeadLetters {
         };
         let reader: consumer::PullConsumer =
             stream.create_consumer(config).await.map_err(store_error)?;
-        let result = read_all(&reader).await;
+        let result = self.read_all(&reader).await;
         let name = reader.cached_info().name.clone();
         // It would go away by itself after the inactive threshold.
         let _ = stream.delete_consumer(&name).await;
         result
+    }
+
+    async fn read_all(
+        &self,
+        reader: &consumer::PullConsumer,
+    ) -> Result<Vec<(u64, DeadLetter)>, DeadLetterError> {
+        let pending = usize::try_from(reader.cached_info().num_pending).unwrap_or(usize::MAX);
+        let mut letters = Vec::with_capacity(pending.min(10_000));
+        while letters.len() < pending {
+            let want = (pending - letters.len()).min(1_000);
+            let mut batch = reader
+                .fetch()
+                .max_messages(want)
+                .messages()
+                .await
+                .map_err(store_error)?;
+            let before = letters.len();
+            while let Some(message) = batch.next().await {
+                let message = message.map_err(store_error)?;
+                let sequence = message.info().map_err(store_error)?.stream_sequence;
+                letters.push((
+                    sequence,
+                    self.letter_of(message.headers.as_ref(), &message.payload)
+                        .await?,
+                ));
+            }
+            if letters.len() == before {
+                // Removed while being read.
+                break;
+            }
+        }
+        Ok(letters)
     }
 
     async fn find(&self, id: Uuid) -> Result<Option<(u64, DeadLetter)>, DeadLetterError> {
@@ -165,33 +260,6 @@ impl NatsDeadLetters {
             .into_iter()
             .find(|(_, l)| l.id == id))
     }
-}
-
-async fn read_all(
-    reader: &consumer::PullConsumer,
-) -> Result<Vec<(u64, DeadLetter)>, DeadLetterError> {
-    let pending = usize::try_from(reader.cached_info().num_pending).unwrap_or(usize::MAX);
-    let mut letters = Vec::with_capacity(pending.min(10_000));
-    while letters.len() < pending {
-        let want = (pending - letters.len()).min(1_000);
-        let mut batch = reader
-            .fetch()
-            .max_messages(want)
-            .messages()
-            .await
-            .map_err(store_error)?;
-        let before = letters.len();
-        while let Some(message) = batch.next().await {
-            let message = message.map_err(store_error)?;
-            let sequence = message.info().map_err(store_error)?.stream_sequence;
-            letters.push((sequence, decode(&message.payload)?));
-        }
-        if letters.len() == before {
-            // Removed while being read.
-            break;
-        }
-    }
-    Ok(letters)
 }
 
 fn headers(letter: &DeadLetter) -> async_nats::HeaderMap {
@@ -212,6 +280,12 @@ fn headers(letter: &DeadLetter) -> async_nats::HeaderMap {
             .to_rfc3339_opts(SecondsFormat::Micros, true),
     );
     headers
+}
+
+fn object_of(headers: Option<&async_nats::HeaderMap>) -> Option<String> {
+    headers
+        .and_then(|h| h.get(codec::PAYLOAD_OBJECT))
+        .map(|v| v.as_str().to_owned())
 }
 
 fn decode(payload: &[u8]) -> Result<DeadLetter, DeadLetterError> {
@@ -260,8 +334,19 @@ impl DeadLetterStore for NatsDeadLetters {
         let Some((sequence, letter)) = self.find(id).await? else {
             return Ok(None);
         };
-        match self.stream().await?.delete_message(sequence).await {
-            Ok(true) => Ok(Some(letter)),
+        let stream = self.stream().await?;
+        let object = stream
+            .get_raw_message(sequence)
+            .await
+            .ok()
+            .and_then(|m| object_of(Some(&m.headers)));
+        match stream.delete_message(sequence).await {
+            Ok(true) => {
+                if let Some(name) = object {
+                    let _ = self.payloads.delete(&name).await;
+                }
+                Ok(Some(letter))
+            }
             Ok(false) => Ok(None),
             // Removed by another caller in between.
             Err(e) if e.to_string().contains("no message found") => Ok(None),

@@ -117,9 +117,12 @@
 //!   If the dead letter cannot be written the message is given back after
 //!   the ack wait, not lost.
 //! - Releasing (a handler asking to stop) is a nak without delay.
-//! - The async-nats client reconnects by itself; a consumer whose pull
-//!   fails (a missed heartbeat, a deleted consumer) ends with an error, and
-//!   the bus opens a new one, which declares and pulls again.
+//! - The async-nats client reconnects by itself, and a pull loop issues
+//!   its request again on the new connection. A consumer whose pull fails
+//!   (three heartbeats missed in a row, a deleted consumer) ends with an
+//!   error, and the bus opens a new one, which declares and pulls again;
+//!   what the old one had pulled and not handed on comes back after the
+//!   ack wait.
 //!   [`close`](herald::transport::Transport::close) drains the connection:
 //!   unsettled deliveries come back after the ack wait.
 //!
@@ -167,10 +170,10 @@
 //! whose source is a [`PayloadTooLarge`] naming the event, the size and the
 //! limit.
 //!
-//! A dead letter is one message holding the event and its errors as JSON,
-//! so the dead letter of an event near or above the limit does not fit in
-//! the dead-letter stream: the delivery then stays on the events stream and
-//! comes back after each ack wait, logged, instead of being parked.
+//! A dead letter is one message holding the event and its errors as JSON;
+//! one too large for a message goes to the same bucket (under a name of
+//! its own write), and its message carries the name. Removing or replacing
+//! the dead letter deletes the object.
 
 //! # Capabilities
 //!

@@ -67,6 +67,15 @@ impl Payloads {
         Ok(())
     }
 
+    /// Deletes object `name`; a missing one is no error.
+    pub(crate) async fn delete(&self, name: &str) -> Result<(), BoxError> {
+        match self.store().await?.delete(name).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.to_string().contains("not found") => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// The data of object `name`.
     pub(crate) async fn get(&self, name: &str) -> Result<Bytes, BoxError> {
         let mut object = self.store().await?.get(name).await?;

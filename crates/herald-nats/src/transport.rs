@@ -48,7 +48,7 @@ struct Inner {
     config: NatsConfig,
     closed: AtomicBool,
     dead_letters: Arc<NatsDeadLetters>,
-    payloads: Payloads,
+    payloads: Arc<Payloads>,
 }
 
 impl NatsTransport {
@@ -79,12 +79,16 @@ impl NatsTransport {
         let js = jetstream::ContextBuilder::new()
             .timeout(config.request_timeout)
             .build(client.clone());
-        let dead_letters = Arc::new(NatsDeadLetters::new(js.clone(), names.clone()));
-        let payloads = Payloads::new(
+        let payloads = Arc::new(Payloads::new(
             js.clone(),
             names.payloads_bucket(),
             config.max_age.unwrap_or_default(),
-        );
+        ));
+        let dead_letters = Arc::new(NatsDeadLetters::new(
+            js.clone(),
+            names.clone(),
+            Arc::clone(&payloads),
+        ));
         let transport = Self {
             inner: Arc::new(Inner {
                 client,
@@ -296,7 +300,7 @@ impl NatsTransport {
 
 /// The bytes headers take on the wire, roughly (`Name: value\r\n` each plus
 /// the version line), to check the size limit before sending.
-fn header_size(headers: &async_nats::HeaderMap) -> usize {
+pub(crate) fn header_size(headers: &async_nats::HeaderMap) -> usize {
     let mut size = "NATS/1.0\r\n\r\n".len();
     for (name, values) in headers.iter() {
         for value in values {
@@ -386,6 +390,7 @@ impl Transport for NatsTransport {
             filters,
             streams,
             pending: None,
+            missed: 0,
         }))
     }
 
@@ -498,7 +503,13 @@ struct NatsConsumer {
     /// A message taken from the streams whose large payload is being
     /// fetched: kept here, so that a cancelled `next` resumes with it.
     pending: Option<(Source, jetstream::Message)>,
+    /// Heartbeats missed in a row.
+    missed: u32,
 }
+
+/// Missed heartbeats in a row (five seconds apart) after which a consumer
+/// is opened anew.
+const MAX_MISSED_HEARTBEATS: u32 = 3;
 
 impl NatsConsumer {
     /// The delivery of a message with its payload; `None` for a message
@@ -579,13 +590,28 @@ impl Consumer for NatsConsumer {
                             "the message streams ended",
                         ));
                     };
-                    // Any error (a missed heartbeat, a deleted consumer)
-                    // ends this consumer; the bus opens a new one, which
-                    // finds or recreates the consumers and pulls again.
-                    (
-                        source,
-                        pulled.map_err(|e| TransportError::connection(NAME, e))?,
-                    )
+                    match pulled {
+                        Ok(message) => {
+                            self.missed = 0;
+                            (source, message)
+                        }
+                        // The pull loop goes on after a missed heartbeat
+                        // (a reconnect re-issues its request), and what it
+                        // buffered stays deliverable; only a run of them
+                        // means it is stuck.
+                        Err(e)
+                            if e.kind() == consumer::pull::MessagesErrorKind::MissingHeartbeat
+                                && self.missed < MAX_MISSED_HEARTBEATS =>
+                        {
+                            self.missed += 1;
+                            tracing::debug!(subscriber = %self.spec.name, "missed a heartbeat");
+                            continue;
+                        }
+                        // Any other error (a deleted consumer, no
+                        // responders) ends this consumer; the bus opens a
+                        // new one, which finds or recreates the consumers.
+                        Err(e) => return Err(TransportError::connection(NAME, e)),
+                    }
                 }
             };
             let object = message

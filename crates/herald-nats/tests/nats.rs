@@ -505,3 +505,49 @@ async fn consumers_keep_pulling_after_the_harness_disrupts_their_connections() {
     assert_eq!(got, after.iter().map(|e| e.id()).collect());
     bus.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dead_letter_of_a_large_event_goes_through_the_object_store() {
+    let ns = namespace("largedlq");
+    let _cleanup = common::Cleanup(ns.clone());
+    let transport = common::connect(&common::url(), &ns).await;
+    let store = transport.nats_dead_letters();
+    let mut parts = event("big.failed", 1).into_parts();
+    parts.data = Payload::from(json!({ "blob": "z".repeat(1536 * 1024) }));
+    let large = RecordedEvent::from_parts(parts);
+    let error = |attempt: u32, message: &str| herald::AttemptError {
+        attempt,
+        message: message.to_owned(),
+        kind: herald::ErrorKind::Handler,
+        at: chrono::Utc::now(),
+    };
+    let letter = |errors| herald::NewDeadLetter {
+        subscriber: "archive".to_owned(),
+        event: large.clone(),
+        reason: "too big to handle".to_owned(),
+        errors,
+    };
+    use herald::DeadLetterStore;
+    let first = store
+        .record(letter(vec![error(1, "a"), error(2, "b")]))
+        .await
+        .unwrap();
+    let second = store.record(letter(vec![error(3, "c")])).await.unwrap();
+    assert_eq!(second.id, first.id);
+    assert_eq!(second.attempts, 3);
+    let listed = store.list(&DeadLetterQuery::default()).await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].event.data().as_bytes(), large.data().as_bytes());
+    assert_eq!(listed[0].errors.len(), 3);
+    assert_eq!(
+        store.remove(first.id).await.unwrap().map(|l| l.id),
+        Some(first.id)
+    );
+    assert!(
+        store
+            .list(&DeadLetterQuery::default())
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
