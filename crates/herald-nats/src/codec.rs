@@ -48,6 +48,47 @@ pub const PAYLOAD_OBJECT: &str = "Herald-Payload-Object";
 /// JSON string of the text (NATS header values cannot hold line breaks).
 const JSON_SUFFIX: &str = "-Json";
 
+/// The value of header `name`, found without building a header name (which
+/// allocates): a message has about ten headers, so a scan is cheap.
+pub(crate) fn find<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .iter()
+        .find(|(n, _)| AsRef::<str>::as_ref(*n) == name)
+        .and_then(|(_, values)| values.first())
+        .map(|v| v.as_str())
+}
+
+/// A message's headers, read once.
+struct View<'a>(Vec<(&'a str, &'a str)>);
+
+impl<'a> View<'a> {
+    fn new(headers: &'a HeaderMap) -> Self {
+        Self(
+            headers
+                .iter()
+                .filter_map(|(n, values)| Some((AsRef::<str>::as_ref(n), values.first()?.as_str())))
+                .collect(),
+        )
+    }
+
+    fn get(&self, name: &str) -> Option<&'a str> {
+        self.0.iter().find(|(n, _)| *n == name).map(|(_, v)| *v)
+    }
+
+    /// What [`put_text`] wrote under `name`.
+    fn text(&self, name: &str) -> Option<String> {
+        if let Some(v) = self.get(name) {
+            return Some(v.to_owned());
+        }
+        let quoted = self.0.iter().find(|(n, _)| {
+            n.len() == name.len() + JSON_SUFFIX.len()
+                && n.starts_with(name)
+                && n.ends_with(JSON_SUFFIX)
+        })?;
+        serde_json::from_str::<String>(quoted.1).ok()
+    }
+}
+
 /// Puts `value` under `name`, or JSON-quoted under `<name>-Json` when it has
 /// a line break.
 pub(crate) fn put_text(headers: &mut HeaderMap, name: &str, value: &str) {
@@ -57,15 +98,6 @@ pub(crate) fn put_text(headers: &mut HeaderMap, name: &str, value: &str) {
     } else {
         headers.insert(name, value);
     }
-}
-
-/// Reads what [`put_text`] wrote.
-pub(crate) fn get_text(headers: &HeaderMap, name: &str) -> Option<String> {
-    if let Some(v) = headers.get(name) {
-        return Some(v.as_str().to_owned());
-    }
-    let quoted = headers.get(format!("{name}{JSON_SUFFIX}").as_str())?;
-    serde_json::from_str::<String>(quoted.as_str()).ok()
 }
 
 /// The headers of `event`, with its id as `Nats-Msg-Id`.
@@ -121,30 +153,27 @@ fn malformed(reason: impl Into<String>) -> TransportError {
     }
 }
 
-fn required<'a>(headers: &'a HeaderMap, name: &str) -> Result<&'a str, TransportError> {
+fn required<'a>(headers: &View<'a>, name: &str) -> Result<&'a str, TransportError> {
     headers
         .get(name)
-        .map(|v| v.as_str())
         .ok_or_else(|| malformed(format!("header {name} is missing")))
 }
 
-fn number(headers: &HeaderMap, name: &str) -> Result<Option<u64>, TransportError> {
+fn number(headers: &View<'_>, name: &str) -> Result<Option<u64>, TransportError> {
     headers
         .get(name)
         .map(|v| {
-            v.as_str()
-                .parse::<u64>()
+            v.parse::<u64>()
                 .map_err(|e| malformed(format!("header {name} is not a number: {e}")))
         })
         .transpose()
 }
 
-fn uuid(headers: &HeaderMap, name: &str) -> Result<Option<Uuid>, TransportError> {
+fn uuid(headers: &View<'_>, name: &str) -> Result<Option<Uuid>, TransportError> {
     headers
         .get(name)
         .map(|v| {
-            v.as_str()
-                .parse::<Uuid>()
+            v.parse::<Uuid>()
                 .map_err(|e| malformed(format!("header {name} is not a UUID: {e}")))
         })
         .transpose()
@@ -160,9 +189,10 @@ pub fn decode_event(
     headers: Option<&HeaderMap>,
     payload: &Bytes,
 ) -> Result<RecordedEvent, TransportError> {
-    let headers = headers.ok_or_else(|| malformed("the message has no headers"))?;
+    let headers = View::new(headers.ok_or_else(|| malformed("the message has no headers"))?);
+    let headers = &headers;
     let (name, id) = match headers.get(ID) {
-        Some(id) => (ID, id.as_str()),
+        Some(id) => (ID, id),
         None => (MSG_ID, required(headers, MSG_ID)?),
     };
     let id: EventId = id
@@ -174,9 +204,9 @@ pub fn decode_event(
     let recorded_at = DateTime::parse_from_rfc3339(required(headers, RECORDED_AT)?)
         .map_err(|e| malformed(format!("header {RECORDED_AT} is not an RFC 3339 time: {e}")))?
         .with_timezone(&Utc);
-    let stream: Option<Arc<str>> = get_text(headers, STREAM).map(Into::into);
+    let stream: Option<Arc<str>> = headers.text(STREAM).map(Into::into);
     let free: BTreeMap<String, String> = match headers.get(HEADERS) {
-        Some(json) => serde_json::from_str(json.as_str()).map_err(|e| {
+        Some(json) => serde_json::from_str(json).map_err(|e| {
             malformed(format!(
                 "header {HEADERS} is not a JSON object of strings: {e}"
             ))
@@ -184,7 +214,7 @@ pub fn decode_event(
         None => BTreeMap::new(),
     };
     let origin = match (
-        get_text(headers, ORIGIN_STREAM),
+        headers.text(ORIGIN_STREAM),
         number(headers, ORIGIN_VERSION)?,
     ) {
         (Some(stream), Some(version)) => Some(herald::Origin {

@@ -617,8 +617,8 @@ impl Consumer for NatsConsumer {
             let object = message
                 .headers
                 .as_ref()
-                .and_then(|h| h.get(codec::PAYLOAD_OBJECT))
-                .map(|v| v.as_str().to_owned());
+                .and_then(|h| codec::find(h, codec::PAYLOAD_OBJECT))
+                .map(str::to_owned);
             let payload = match object {
                 None => message.payload.clone(),
                 Some(name) => {
