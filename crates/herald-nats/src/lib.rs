@@ -174,7 +174,7 @@
 //! one too large for a message goes to the same bucket (under a name of
 //! its own write), and its message carries the name. Removing or replacing
 //! the dead letter deletes the object.
-
+//!
 //! # Capabilities
 //!
 //! | capability | |
@@ -199,3 +199,36 @@
 //! behind raw async-nats carrying the same headers. The headers (six more,
 //! about 250 bytes a message) are most of the cost; the repository's
 //! `BENCHMARKS.md`, section "NATS JetStream transport", has the figures.
+
+#![warn(missing_docs)]
+
+mod codec;
+mod config;
+mod dead_letters;
+mod names;
+mod payloads;
+mod transport;
+
+pub use crate::config::NatsConfig;
+pub use crate::dead_letters::NatsDeadLetters;
+pub use crate::names::{
+    MAX_FILTERS, pattern_filters, sanitize_prefix, subscriber_filters, subscriber_token,
+};
+pub use crate::transport::{NatsTransport, PayloadTooLarge};
+
+/// The transport's name in logs and errors.
+const NAME: &str = "nats";
+
+/// Header names: how an event's fields and a dead letter's travel.
+pub mod headers {
+    pub use crate::codec::{
+        CAUSATION_ID, CORRELATION_ID, HEADERS, ID, MSG_ID, ORIGIN_STREAM, ORIGIN_VERSION,
+        PAYLOAD_OBJECT, POSITION, RECORDED_AT, STREAM, TYPE, VERSION,
+    };
+    pub use crate::dead_letters::{
+        ATTEMPTS, DEAD_LETTER_ID, ERRORS, FIRST_FAILED_AT, LAST_ERROR, SUBSCRIBER,
+    };
+}
+
+#[doc(hidden)]
+pub use crate::codec::{decode_event, event_headers};
