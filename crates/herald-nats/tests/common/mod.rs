@@ -46,8 +46,9 @@ pub async fn connect(url: &str, namespace: &str) -> NatsTransport {
         .await
         .unwrap_or_else(|e| {
             panic!(
-                "NATS JetStream at {url} is not usable (HERALD_NATS_URL points to the server, \
-                 which must run with JetStream, -js): {e}"
+                "NATS JetStream at {} (reached as {url}) is not usable; HERALD_NATS_URL points \
+                 to the server, which must run with JetStream (-js): {e}",
+                self::url()
             )
         })
 }
