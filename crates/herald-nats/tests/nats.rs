@@ -551,3 +551,58 @@ async fn the_dead_letter_of_a_large_event_goes_through_the_object_store() {
             .is_empty()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_next_loses_no_message() {
+    let ns = namespace("cancel");
+    let _cleanup = common::Cleanup(ns.clone());
+    let transport = common::connect(&common::url(), &ns).await;
+    let spec = ConsumerSpec::new("c", vec![TopicPattern::parse("order.*").unwrap()]).prefetch(4);
+    let mut consumer = transport.subscribe(&spec).await.unwrap();
+    let events: Vec<RecordedEvent> = (0..40).map(|n| event("order.placed", n)).collect();
+    let publisher = transport.clone();
+    let publishing = {
+        let events = events.clone();
+        tokio::spawn(async move {
+            for chunk in events.chunks(4) {
+                publisher.publish(chunk).await.unwrap();
+            }
+        })
+    };
+    let mut got = Vec::new();
+    let mut cancelled = 0;
+    // Shorter than the ack wait (4 s): a message lost to a cancelled call
+    // would only come back after it, as a second attempt.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+    while got.len() < events.len() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} of {} events within 3 s ({cancelled} calls cancelled)",
+            got.len(),
+            events.len()
+        );
+        match tokio::time::timeout(Duration::from_micros(200), consumer.next()).await {
+            Ok(delivery) => {
+                let delivery = delivery.unwrap();
+                assert_eq!(delivery.attempt(), 1, "a delivery came back: one was lost");
+                got.push(delivery.event().id());
+                delivery.ack().await.unwrap();
+            }
+            Err(_) => cancelled += 1,
+        }
+    }
+    publishing.await.unwrap();
+    assert!(
+        cancelled > 0,
+        "no call was cancelled: the test proved nothing"
+    );
+    assert_eq!(
+        got.iter().collect::<HashSet<_>>(),
+        events
+            .iter()
+            .map(|e| e.id())
+            .collect::<Vec<_>>()
+            .iter()
+            .collect()
+    );
+}
