@@ -63,7 +63,7 @@
 //! | `Nats-Msg-Id` | the event id (the server drops a second publish of it within the duplicate window) |
 //! | `Herald-Id` | the event id, on redeliveries only (they are not deduplicated) |
 //! | `Herald-Type` | the event type |
-//! | `Herald-Stream`, `Herald-Version`, `Herald-Position` | where it was recorded, when it was |
+//! | `Herald-Stream`, `Herald-Version`, `Herald-Position` | its stream, its version there and its global position, when it has them |
 //! | `Herald-Recorded-At` | RFC 3339 in UTC, to the microsecond |
 //! | `Herald-Correlation-Id`, `Herald-Causation-Id` | the metadata's ids |
 //! | `Herald-Headers` | the free metadata headers as one JSON object (their keys may hold what header names cannot) |
@@ -93,6 +93,11 @@
 //! each consumer costs a pull loop and heartbeats. All of a subscriber's
 //! consumers, and its redelivery consumer, are merged into the one
 //! [`Consumer`](herald::transport::Consumer) the bus pulls from.
+//!
+//! Consumer names hash the filter subject, so a subscriber whose patterns
+//! change gets new consumers, which receive what is published from then
+//! on; the consumers of patterns it no longer has stay on the server until
+//! deleted (`nats consumer rm`), holding their backlog.
 //!
 //! # Delivery guarantees
 //!
