@@ -40,8 +40,37 @@ pub fn config(url: &str, namespace: &str) -> NatsConfig {
     }
 }
 
+/// A stream the tests never delete. nats-server 2.9 removes the account's
+/// storage directory when its last stream is deleted, and a stream created
+/// at that moment fails ("error creating store for stream"); tests that
+/// delete their streams while others create theirs would hit that when
+/// they are the server's only users.
+const KEEP: &str = "HERALD_TESTS_KEEP";
+
+static KEPT: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
+
+async fn keep_the_store() {
+    KEPT.get_or_init(|| async {
+        let Ok(client) = async_nats::connect(url()).await else {
+            // The transport's own connect fails below with the message.
+            return;
+        };
+        let js = async_nats::jetstream::new(client);
+        let _ = js
+            .get_or_create_stream(async_nats::jetstream::stream::Config {
+                name: KEEP.to_owned(),
+                subjects: vec!["herald-tests-keep".to_owned()],
+                max_messages: 1,
+                ..Default::default()
+            })
+            .await;
+    })
+    .await;
+}
+
 /// Connects, or fails naming the service and the variable.
 pub async fn connect(url: &str, namespace: &str) -> NatsTransport {
+    keep_the_store().await;
     NatsTransport::connect(config(url, namespace))
         .await
         .unwrap_or_else(|e| {
