@@ -187,17 +187,25 @@ impl NatsTransport {
             ..Default::default()
         };
         for wanted in [events, dlq] {
-            let mut found = self
-                .inner
-                .js
-                .get_or_create_stream(wanted.clone())
-                .await
-                .map_err(|e| {
-                    TransportError::broker(
-                        NAME,
-                        format!("cannot declare stream {}: {e}", wanted.name),
-                    )
-                })?;
+            let mut tries = 0;
+            let mut found = loop {
+                tries += 1;
+                match self.inner.js.get_or_create_stream(wanted.clone()).await {
+                    Ok(found) => break found,
+                    // A server error (code 500) can be passing: nats-server
+                    // 2.9 fails a stream created while the account's last
+                    // one is being deleted.
+                    Err(e) if tries < 3 && e.to_string().contains("code 500") => {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                    Err(e) => {
+                        return Err(TransportError::broker(
+                            NAME,
+                            format!("cannot declare stream {}: {e}", wanted.name),
+                        ));
+                    }
+                }
+            };
             let info = found
                 .info()
                 .await
