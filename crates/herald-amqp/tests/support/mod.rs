@@ -68,20 +68,20 @@ fn rabbitmqctl(args: &[&str]) -> String {
 
 /// The broker's ids of the connections named `name`.
 pub fn connections(name: &str) -> Vec<String> {
-    let json = rabbitmqctl(&[
+    // The table format prints pids as `close_connection` takes them, and
+    // client properties as `{"connection_name","<name>"}`.
+    let table = rabbitmqctl(&[
         "list_connections",
         "pid",
         "client_properties",
         "-q",
-        "--formatter",
-        "json",
+        "--no-table-headers",
     ]);
-    let list: Vec<serde_json::Value> = serde_json::from_str(&json)
-        .unwrap_or_else(|e| panic!("rabbitmqctl printed no JSON ({e}): {json}"));
-    let quoted = serde_json::Value::String(name.to_owned()).to_string();
-    list.iter()
-        .filter(|c| c["client_properties"].to_string().contains(&quoted))
-        .filter_map(|c| c["pid"].as_str().map(str::to_owned))
+    let exact = format!("{{\"connection_name\",\"{name}\"}}");
+    table
+        .lines()
+        .filter(|line| line.contains(&exact))
+        .filter_map(|line| line.split_whitespace().next().map(str::to_owned))
         .collect()
 }
 
@@ -102,7 +102,7 @@ pub async fn disrupt(namespace: &str) {
     })
     .await
     .expect("rabbitmqctl task");
-    assert!(!pids.is_empty(), "no connection named {name} to close");
+    assert!(!pids.is_empty(), "no connection named {name} to close: {}", rabbitmqctl(&["list_connections", "pid", "client_properties", "-q", "--no-table-headers"]));
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
         let probe =
