@@ -14,7 +14,6 @@ use lapin::options::{
 };
 use lapin::types::FieldTable;
 use lapin::{Channel, message};
-use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::NAME;
@@ -80,123 +79,109 @@ pub(crate) async fn open(
 
 /// One consumer of a subscriber's queue.
 ///
-/// A task of its own holds the channel, opens it again after a dropped
-/// connection, and hands deliveries over through a channel: so `next` is
-/// a plain receive, which is cancel-safe.
+/// `next` reads the lapin consumer's stream, which is cancel-safe; when the
+/// channel or connection is gone it opens a new one (declaring the queue
+/// and bindings again) within `next`. Cancelled during that, the half-open
+/// channel is dropped, which closes it: the broker gives back whatever it
+/// had sent to it, so nothing is lost.
 pub(crate) struct AmqpConsumer {
-    rx: mpsc::Receiver<Result<Delivery, TransportError>>,
+    shared: Arc<Shared>,
+    spec: ConsumerSpec,
+    subscriber: Arc<str>,
+    queue: Arc<str>,
+    current: Option<Opened>,
+    pause: Duration,
+    closing: tokio::sync::watch::Receiver<bool>,
 }
 
 impl AmqpConsumer {
-    pub(crate) fn spawn(
-        shared: Arc<Shared>,
-        spec: ConsumerSpec,
-        queue: String,
-        opened: Opened,
-    ) -> Self {
-        let (tx, rx) = mpsc::channel(spec.prefetch.clamp(1, 256));
-        tokio::spawn(pump(shared, spec, queue, opened, tx));
-        Self { rx }
+    pub(crate) fn new(shared: Arc<Shared>, spec: ConsumerSpec, queue: String, opened: Opened) -> Self {
+        let closing = shared.link.closing.subscribe();
+        Self {
+            pause: shared.link.config.reconnect_min,
+            subscriber: Arc::from(spec.name.as_str()),
+            queue: Arc::from(queue),
+            current: Some(opened),
+            spec,
+            shared,
+            closing,
+        }
+    }
+
+    /// Opens the consumer again after its channel went away, waiting
+    /// between failed attempts.
+    async fn reopen(&mut self) -> Result<(), TransportError> {
+        loop {
+            match open(&self.shared, &self.spec, &self.queue).await {
+                Ok(opened) => {
+                    tracing::info!(subscriber = %self.subscriber, "broker consumer opened again");
+                    self.current = Some(opened);
+                    self.pause = self.shared.link.config.reconnect_min;
+                    return Ok(());
+                }
+                Err(TransportError::Closed(_)) => return Err(TransportError::Closed(NAME)),
+                Err(err) => {
+                    tracing::warn!(
+                        subscriber = %self.subscriber,
+                        error = %err,
+                        retry_in_ms = u64::try_from(self.pause.as_millis()).unwrap_or(u64::MAX),
+                        "could not open the broker consumer; trying again"
+                    );
+                    tokio::time::sleep(self.pause).await;
+                    self.pause = (self.pause * 2).min(self.shared.link.config.reconnect_max);
+                }
+            }
+        }
+    }
+}
+
+impl Drop for AmqpConsumer {
+    fn drop(&mut self) {
+        // Closing the channel gives its unsettled deliveries back at once.
+        if let Some(opened) = self.current.take() {
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                rt.spawn(async move {
+                    let _ = opened.channel.close(200, "consumer dropped".into()).await;
+                });
+            }
+        }
     }
 }
 
 #[async_trait]
 impl Consumer for AmqpConsumer {
     async fn next(&mut self) -> Result<Delivery, TransportError> {
-        match self.rx.recv().await {
-            Some(next) => next,
-            None => Err(TransportError::Closed(NAME)),
-        }
-    }
-}
-
-async fn pump(
-    shared: Arc<Shared>,
-    spec: ConsumerSpec,
-    queue: String,
-    opened: Opened,
-    tx: mpsc::Sender<Result<Delivery, TransportError>>,
-) {
-    let subscriber: Arc<str> = Arc::from(spec.name.as_str());
-    let queue: Arc<str> = Arc::from(queue);
-    let mut current = Some(opened);
-    let mut pause = shared.link.config.reconnect_min;
-    let mut closing = shared.link.closing.subscribe();
-    loop {
-        let Opened {
-            channel,
-            mut consumer,
-        } = match current.take() {
-            Some(opened) => opened,
-            None => {
-                let opening = tokio::select! {
-                    () = tx.closed() => return,
-                    opening = open(&shared, &spec, &queue) => opening,
-                };
-                match opening {
-                    Ok(opened) => {
-                        tracing::info!(subscriber = %subscriber, "broker consumer opened again");
-                        pause = shared.link.config.reconnect_min;
-                        opened
-                    }
-                    Err(TransportError::Closed(_)) => {
-                        let _ = tx.send(Err(TransportError::Closed(NAME))).await;
-                        return;
-                    }
-                    Err(err) => {
-                        tracing::warn!(
-                            subscriber = %subscriber,
-                            error = %err,
-                            retry_in_ms = u64::try_from(pause.as_millis()).unwrap_or(u64::MAX),
-                            "could not open the broker consumer; trying again"
-                        );
-                        tokio::select! {
-                            () = tx.closed() => return,
-                            () = tokio::time::sleep(pause) => {}
-                        }
-                        pause = (pause * 2).min(shared.link.config.reconnect_max);
-                        continue;
-                    }
-                }
-            }
-        };
         loop {
+            if self.shared.link.is_closed() {
+                return Err(TransportError::Closed(NAME));
+            }
+            if self.current.is_none() {
+                self.reopen().await?;
+            }
+            let Some(opened) = self.current.as_mut() else {
+                continue;
+            };
             let item = tokio::select! {
-                () = tx.closed() => {
-                    // Unsettled deliveries go back to the queue with the channel.
-                    let _ = channel.close(200, "consumer dropped".into()).await;
-                    return;
-                }
-                () = crate::link::closed(&mut closing) => {
-                    let _ = tx.send(Err(TransportError::Closed(NAME))).await;
-                    return;
-                }
-                item = consumer.next() => item,
+                () = crate::link::closed(&mut self.closing) => return Err(TransportError::Closed(NAME)),
+                item = opened.consumer.next() => item,
             };
             match item {
                 Some(Ok(delivery)) => {
-                    let Some(delivery) = into_delivery(&shared, &subscriber, &queue, delivery).await
-                    else {
-                        continue;
-                    };
-                    if tx.send(Ok(delivery)).await.is_err() {
-                        let _ = channel.close(200, "consumer dropped".into()).await;
-                        return;
+                    if let Some(delivery) =
+                        into_delivery(&self.shared, &self.subscriber, &self.queue, delivery).await
+                    {
+                        return Ok(delivery);
                     }
                 }
                 Some(Err(err)) => {
-                    tracing::warn!(subscriber = %subscriber, error = %err, "broker consumer failed; opening it again");
-                    break;
+                    tracing::warn!(subscriber = %self.subscriber, error = %err, "broker consumer failed; opening it again");
+                    self.current = None;
                 }
                 None => {
-                    tracing::warn!(subscriber = %subscriber, "broker cancelled the consumer; opening it again");
-                    break;
+                    tracing::warn!(subscriber = %self.subscriber, "broker cancelled the consumer; opening it again");
+                    self.current = None;
                 }
             }
-        }
-        if shared.link.is_closed() {
-            let _ = tx.send(Err(TransportError::Closed(NAME))).await;
-            return;
         }
     }
 }

@@ -172,7 +172,7 @@ impl Transport for AmqpTransport {
             });
         }
         let opened = consumer::open(&self.shared, spec, &queue).await?;
-        Ok(Box::new(AmqpConsumer::spawn(
+        Ok(Box::new(AmqpConsumer::new(
             Arc::clone(&self.shared),
             spec.clone(),
             queue,
