@@ -85,7 +85,10 @@ async fn raw(events: &[RecordedEvent], tag: &str) -> (f64, f64) {
     let n = events.len();
     let exchange = format!("bench.{tag}.raw.events");
     let queue = format!("bench.{tag}.raw.q");
-    let bodies: Vec<Vec<u8>> = events.iter().map(|e| e.data().as_bytes().to_vec()).collect();
+    let bodies: Vec<Vec<u8>> = events
+        .iter()
+        .map(|e| e.data().as_bytes().to_vec())
+        .collect();
 
     let consumer_conn = connect("herald-bench-raw-consumer").await;
     let setup = consumer_conn.create_channel().await.unwrap();
@@ -207,9 +210,7 @@ async fn herald(events: &[RecordedEvent], tag: &str) -> (f64, f64) {
     let consumer = AmqpTransport::connect(config().connection_name("herald-bench-consumer"))
         .await
         .unwrap_or_else(|e| panic!("RabbitMQ is not reachable (set HERALD_AMQP_URL): {e}"));
-    let bus = Bus::builder()
-        .transport(Arc::new(consumer.clone()))
-        .build();
+    let bus = Bus::builder().transport(Arc::new(consumer.clone())).build();
     let seen = Arc::new(AtomicUsize::new(0));
     let done = Arc::new(Notify::new());
     let handler = {
@@ -249,7 +250,10 @@ async fn herald(events: &[RecordedEvent], tag: &str) -> (f64, f64) {
     bus.shutdown().await;
     let cleanup = connect("herald-bench-cleanup").await;
     let channel = cleanup.create_channel().await.unwrap();
-    for queue in [consumer.queue("noop").unwrap(), consumer.dead_letter_queue().to_owned()] {
+    for queue in [
+        consumer.queue("noop").unwrap(),
+        consumer.dead_letter_queue().to_owned(),
+    ] {
         let _ = channel
             .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
             .await;

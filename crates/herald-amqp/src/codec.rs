@@ -241,7 +241,12 @@ impl<'a> Fields<'a> {
                     out.insert(k.as_str().to_owned(), v);
                 }
             }
-            Some(other) => return Err(format!("header {} is not a table: {other:?}", header::HEADERS)),
+            Some(other) => {
+                return Err(format!(
+                    "header {} is not a table: {other:?}",
+                    header::HEADERS
+                ));
+            }
         }
         Ok(out)
     }
@@ -401,7 +406,10 @@ mod tests {
             &event,
             [
                 (header::ATTEMPT, number(2)),
-                (header::ERRORS, text(&serde_json::to_string(&errors).unwrap())),
+                (
+                    header::ERRORS,
+                    text(&serde_json::to_string(&errors).unwrap()),
+                ),
             ],
         );
         let fields = Fields::new(&props);

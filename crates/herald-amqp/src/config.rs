@@ -132,7 +132,9 @@ impl AmqpConfig {
             ));
         }
         if prefix.starts_with("amq.") {
-            return Err(invalid("names starting with 'amq.' are reserved by the broker"));
+            return Err(invalid(
+                "names starting with 'amq.' are reserved by the broker",
+            ));
         }
         if self.reconnect_min.is_zero() || self.reconnect_min > self.reconnect_max {
             return Err(TransportError::broker(
@@ -204,7 +206,11 @@ impl Names {
 
     /// The retry queue of `subscriber` for delays of `bucket`.
     pub(crate) fn retry_queue(&self, subscriber: &str, bucket: Duration) -> String {
-        format!("{}.retry.{subscriber}.{}ms", self.prefix, bucket.as_millis())
+        format!(
+            "{}.retry.{subscriber}.{}ms",
+            self.prefix,
+            bucket.as_millis()
+        )
     }
 
     fn retry_queue_len(&self, subscriber: &str) -> usize {
@@ -240,8 +246,14 @@ mod tests {
     #[test]
     fn rounds_delays_up_to_a_few_buckets() {
         assert_eq!(bucket(Duration::from_millis(1)), Duration::from_millis(50));
-        assert_eq!(bucket(Duration::from_millis(100)), Duration::from_millis(100));
-        assert_eq!(bucket(Duration::from_millis(101)), Duration::from_millis(250));
+        assert_eq!(
+            bucket(Duration::from_millis(100)),
+            Duration::from_millis(100)
+        );
+        assert_eq!(
+            bucket(Duration::from_millis(101)),
+            Duration::from_millis(250)
+        );
         assert_eq!(bucket(Duration::from_secs(3)), Duration::from_secs(5));
         assert_eq!(bucket(Duration::from_secs(3601)), Duration::from_secs(7200));
         let distinct: std::collections::BTreeSet<_> =
@@ -258,7 +270,12 @@ mod tests {
                 "{bad:?}: {err}"
             );
         }
-        assert!(AmqpConfig::default().prefix("shop-1.test:x").validate().is_ok());
+        assert!(
+            AmqpConfig::default()
+                .prefix("shop-1.test:x")
+                .validate()
+                .is_ok()
+        );
     }
 
     #[test]

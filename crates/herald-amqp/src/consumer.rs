@@ -95,7 +95,12 @@ pub(crate) struct AmqpConsumer {
 }
 
 impl AmqpConsumer {
-    pub(crate) fn new(shared: Arc<Shared>, spec: ConsumerSpec, queue: String, opened: Opened) -> Self {
+    pub(crate) fn new(
+        shared: Arc<Shared>,
+        spec: ConsumerSpec,
+        queue: String,
+        opened: Opened,
+    ) -> Self {
         let closing = shared.link.closing.subscribe();
         Self {
             pause: shared.link.config.reconnect_min,
@@ -138,12 +143,12 @@ impl AmqpConsumer {
 impl Drop for AmqpConsumer {
     fn drop(&mut self) {
         // Closing the channel gives its unsettled deliveries back at once.
-        if let Some(opened) = self.current.take() {
-            if let Ok(rt) = tokio::runtime::Handle::try_current() {
-                rt.spawn(async move {
-                    let _ = opened.channel.close(200, "consumer dropped".into()).await;
-                });
-            }
+        if let Some(opened) = self.current.take()
+            && let Ok(rt) = tokio::runtime::Handle::try_current()
+        {
+            rt.spawn(async move {
+                let _ = opened.channel.close(200, "consumer dropped".into()).await;
+            });
         }
     }
 }
@@ -224,9 +229,7 @@ async fn into_delivery(
                 reason,
                 "dropping a message that is not a herald event"
             );
-            let _ = acker
-                .reject(BasicRejectOptions { requeue: false })
-                .await;
+            let _ = acker.reject(BasicRejectOptions { requeue: false }).await;
             None
         }
     }
@@ -247,17 +250,17 @@ impl Drop for AmqpAcker {
     fn drop(&mut self) {
         // Dropped unsettled: give it back now rather than when the channel
         // closes, so that another consumer gets it.
-        if let Some(acker) = self.acker.take() {
-            if let Ok(rt) = tokio::runtime::Handle::try_current() {
-                rt.spawn(async move {
-                    let _ = acker
-                        .nack(BasicNackOptions {
-                            requeue: true,
-                            ..BasicNackOptions::default()
-                        })
-                        .await;
-                });
-            }
+        if let Some(acker) = self.acker.take()
+            && let Ok(rt) = tokio::runtime::Handle::try_current()
+        {
+            rt.spawn(async move {
+                let _ = acker
+                    .nack(BasicNackOptions {
+                        requeue: true,
+                        ..BasicNackOptions::default()
+                    })
+                    .await;
+            });
         }
     }
 }
@@ -336,8 +339,7 @@ impl Acker for AmqpAcker {
         } else {
             self.retry_queue(config::bucket(delay)).await?
         };
-        let errors = serde_json::to_string(&errors)
-            .map_err(|e| TransportError::broker(NAME, e))?;
+        let errors = serde_json::to_string(&errors).map_err(|e| TransportError::broker(NAME, e))?;
         let event = &self.event;
         let properties = codec::properties_with(
             event,

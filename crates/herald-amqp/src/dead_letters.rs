@@ -166,7 +166,8 @@ impl<'a> Scan<'a> {
             match codec::decode_dead_letter(&delivery.properties, delivery.data) {
                 Ok(letter) => {
                     let newer = |old: &DeadLetter| {
-                        (letter.attempts, letter.last_failed_at) > (old.attempts, old.last_failed_at)
+                        (letter.attempts, letter.last_failed_at)
+                            > (old.attempts, old.last_failed_at)
                     };
                     match self.letters.get(&letter.id) {
                         Some((old_tag, old)) if newer(old) => {
@@ -181,7 +182,10 @@ impl<'a> Scan<'a> {
                 }
                 Err(reason) => {
                     // Left in the queue for a person to look at.
-                    tracing::warn!(reason, "a message in the dead-letter queue is not a dead letter");
+                    tracing::warn!(
+                        reason,
+                        "a message in the dead-letter queue is not a dead letter"
+                    );
                 }
             }
             if remaining == 0 {
@@ -265,16 +269,16 @@ impl<'a> Scan<'a> {
     /// broker deleted it with the connection).
     async fn abandon(&mut self) {
         let _ = self.channel.close(200, "abandoned".into()).await;
-        if let Ok(conn) = self.shared.link.connection().await {
-            if let Ok(channel) = conn.create_channel().await {
-                let _ = channel
-                    .queue_delete(
-                        self.shared.link.names.lock.as_str().into(),
-                        QueueDeleteOptions::default(),
-                    )
-                    .await;
-                let _ = channel.close(200, "done".into()).await;
-            }
+        if let Some(conn) = self.shared.link.current().await
+            && let Ok(channel) = conn.create_channel().await
+        {
+            let _ = channel
+                .queue_delete(
+                    self.shared.link.names.lock.as_str().into(),
+                    QueueDeleteOptions::default(),
+                )
+                .await;
+            let _ = channel.close(200, "done".into()).await;
         }
     }
 }
@@ -343,10 +347,7 @@ async fn record_in(
 }
 
 /// Runs a read-only look at the queue.
-async fn look<T>(
-    shared: &Shared,
-    f: impl FnOnce(&Scan<'_>) -> T,
-) -> Result<T, DeadLetterError> {
+async fn look<T>(shared: &Shared, f: impl FnOnce(&Scan<'_>) -> T) -> Result<T, DeadLetterError> {
     let scan = Scan::take(shared).await?;
     let out = f(&scan);
     scan.finish().await?;
@@ -372,7 +373,10 @@ impl DeadLetterStore for AmqpDeadLetterStore {
     }
 
     async fn get(&self, id: Uuid) -> Result<Option<DeadLetter>, DeadLetterError> {
-        look(&self.shared, |scan| scan.letters.get(&id).map(|(_, l)| l.clone())).await
+        look(&self.shared, |scan| {
+            scan.letters.get(&id).map(|(_, l)| l.clone())
+        })
+        .await
     }
 
     async fn remove(&self, id: Uuid) -> Result<Option<DeadLetter>, DeadLetterError> {

@@ -112,10 +112,10 @@ impl Link {
 
     async fn live_connection(&self, state: &mut State) -> Result<Arc<Connection>, TransportError> {
         self.check_open()?;
-        if let Some(conn) = &state.connection {
-            if conn.status().connected() {
-                return Ok(Arc::clone(conn));
-            }
+        if let Some(conn) = &state.connection
+            && conn.status().connected()
+        {
+            return Ok(Arc::clone(conn));
         }
         state.publisher = None;
         if let Some(old) = state.connection.take() {
@@ -125,7 +125,16 @@ impl Link {
         let deadline = Instant::now() + self.config.reconnect_timeout;
         let mut pause = self.config.reconnect_min;
         loop {
-            match self.open().await {
+            // A broker that takes the TCP connection and never answers must
+            // not hold every caller for ever.
+            let attempt = tokio::time::timeout(self.config.reconnect_timeout, self.open()).await;
+            let attempt = attempt.unwrap_or_else(|_| {
+                Err(lapin::Error::from(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "the broker did not complete the connection handshake",
+                )))
+            });
+            match attempt {
                 Ok(conn) => {
                     let conn = Arc::new(conn);
                     state.connection = Some(Arc::clone(&conn));
@@ -185,6 +194,16 @@ impl Link {
         args
     }
 
+    /// The current connection if it is up, without connecting.
+    pub(crate) async fn current(&self) -> Option<Arc<Connection>> {
+        let state = self.state.lock().await;
+        state
+            .connection
+            .as_ref()
+            .filter(|c| c.status().connected())
+            .cloned()
+    }
+
     /// A new channel on a live connection.
     pub(crate) async fn channel(&self) -> Result<Channel, TransportError> {
         let conn = self.connection().await?;
@@ -194,10 +213,10 @@ impl Link {
     /// The channel with publisher confirms, opened again when it closed.
     async fn publisher(&self) -> Result<Channel, TransportError> {
         let mut state = self.state.lock().await;
-        if let Some(channel) = &state.publisher {
-            if channel.status().connected() {
-                return Ok(channel.clone());
-            }
+        if let Some(channel) = &state.publisher
+            && channel.status().connected()
+        {
+            return Ok(channel.clone());
         }
         let conn = self.live_connection(&mut state).await?;
         let channel = conn.create_channel().await.map_err(classify)?;
@@ -305,12 +324,12 @@ impl Link {
         let _ = self.closing.send(true);
         let mut state = self.state.lock().await;
         state.publisher = None;
-        if let Some(conn) = state.connection.take() {
-            if conn.status().connected() {
-                conn.close(200, "closed by the application".into())
-                    .await
-                    .map_err(classify)?;
-            }
+        if let Some(conn) = state.connection.take()
+            && conn.status().connected()
+        {
+            conn.close(200, "closed by the application".into())
+                .await
+                .map_err(classify)?;
         }
         Ok(())
     }

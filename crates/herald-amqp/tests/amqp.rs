@@ -130,7 +130,10 @@ async fn declares_topology_idempotently_for_a_second_process() {
     let queue = second_transport.queue("audit").unwrap();
     assert_eq!(queue, format!("{}.q.audit", support::prefix(&ns)));
     assert_eq!(ready_in(&channel, &queue).await, 0);
-    assert_eq!(ready_in(&channel, second_transport.dead_letter_queue()).await, 0);
+    assert_eq!(
+        ready_in(&channel, second_transport.dead_letter_queue()).await,
+        0
+    );
     first.shutdown().await;
     second.shutdown().await;
 }
@@ -174,7 +177,10 @@ async fn a_retry_waits_in_a_delay_queue_and_comes_back_to_its_subscriber_only() 
     .await;
 
     let sent = event("order.created", 1);
-    transport.publish(std::slice::from_ref(&sent)).await.unwrap();
+    transport
+        .publish(std::slice::from_ref(&sent))
+        .await
+        .unwrap();
     let (attempt, first) = wait(&mut flaky_rx).await;
     assert_eq!((attempt, first.id()), (1, sent.id()));
     let started = tokio::time::Instant::now();
@@ -209,7 +215,10 @@ async fn a_retry_waits_in_a_delay_queue_and_comes_back_to_its_subscriber_only() 
 async fn a_publish_the_broker_does_not_take_is_a_typed_error() {
     let ns = support::namespace("confirm");
     let transport = support::connect(&ns).await;
-    transport.publish(&[event("order.created", 0)]).await.unwrap();
+    transport
+        .publish(&[event("order.created", 0)])
+        .await
+        .unwrap();
     let (_conn, channel) = raw_channel().await;
     channel
         .exchange_delete(
@@ -272,7 +281,10 @@ async fn messages_carry_the_event_in_properties_and_headers() {
         .await
         .unwrap();
     let sent = event("order.created", 5);
-    transport.publish(std::slice::from_ref(&sent)).await.unwrap();
+    transport
+        .publish(std::slice::from_ref(&sent))
+        .await
+        .unwrap();
     let got = channel
         .basic_get(queue.as_str().into(), BasicGetOptions { no_ack: true })
         .await
@@ -292,17 +304,17 @@ async fn messages_carry_the_event_in_properties_and_headers() {
         "application/json"
     );
     assert_eq!(*p.delivery_mode(), Some(2));
-    assert_eq!(
-        *p.timestamp(),
-        Some(sent.recorded_at().timestamp() as u64)
-    );
+    assert_eq!(*p.timestamp(), Some(sent.recorded_at().timestamp() as u64));
     let headers = p.headers().as_ref().unwrap().inner();
     let text = |k: &str| match headers.get(k) {
         Some(AMQPValue::LongString(s)) => String::from_utf8(s.as_bytes().to_vec()).unwrap(),
         other => panic!("header {k}: {other:?}"),
     };
     assert_eq!(text("herald-stream"), "order-5");
-    assert_eq!(headers.get("herald-version"), Some(&AMQPValue::LongLongInt(5)));
+    assert_eq!(
+        headers.get("herald-version"),
+        Some(&AMQPValue::LongLongInt(5))
+    );
     assert_eq!(
         headers.get("herald-position"),
         Some(&AMQPValue::LongLongInt(105))
@@ -359,16 +371,20 @@ async fn a_publisher_reconnects_after_the_broker_drops_its_connection() {
     // Consumers reconnect too: drop every connection of the namespace.
     support::disrupt(&ns).await;
     let later = event("a.b", 99);
-    publisher.publish(std::slice::from_ref(&later)).await.unwrap();
+    publisher
+        .publish(std::slice::from_ref(&later))
+        .await
+        .unwrap();
     assert_eq!(receive(&mut rx, 1).await[0].id(), later.id());
     consumer_bus.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn names_the_broker_cannot_take_are_typed_errors() {
-    let err = herald_amqp::AmqpTransport::connect(herald_amqp::AmqpConfig::default().prefix("amq.x"))
-        .await
-        .expect_err("a reserved prefix");
+    let err =
+        herald_amqp::AmqpTransport::connect(herald_amqp::AmqpConfig::default().prefix("amq.x"))
+            .await
+            .expect_err("a reserved prefix");
     assert!(matches!(err, TransportError::InvalidName { .. }), "{err}");
 
     let transport = support::connect(&support::namespace("names")).await;
@@ -433,7 +449,10 @@ async fn a_failing_subscriber_parks_the_event_with_its_errors_on_the_broker() {
     )
     .await;
     let sent = event("order.created", 1);
-    transport.publish(std::slice::from_ref(&sent)).await.unwrap();
+    transport
+        .publish(std::slice::from_ref(&sent))
+        .await
+        .unwrap();
     let store = transport.broker_dead_letters();
     let deadline = tokio::time::Instant::now() + PATIENCE;
     let letter = loop {
@@ -466,9 +485,71 @@ async fn a_failing_subscriber_parks_the_event_with_its_errors_on_the_broker() {
         .unwrap()
         .expect("the dead letter's message");
     let headers = got.delivery.properties.headers().as_ref().unwrap().inner();
-    assert_eq!(headers.get("herald-attempts"), Some(&AMQPValue::LongLongInt(2)));
+    assert_eq!(
+        headers.get("herald-attempts"),
+        Some(&AMQPValue::LongLongInt(2))
+    );
     assert!(headers.contains_key("herald-errors"));
     assert!(headers.contains_key("herald-reason"));
     drop(channel);
     bus.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unsettled_deliveries_come_back_and_a_cancelled_next_loses_nothing() {
+    let ns = support::namespace("unsettled");
+    let transport = support::connect(&ns).await;
+    let spec =
+        ConsumerSpec::new("worker", vec![TopicPattern::parse("job.*").unwrap()]).prefetch(10);
+    let mut first = transport.subscribe(&spec).await.expect("subscribe");
+    // Nothing published yet: a `next` cut short by a timeout is dropped
+    // half-way, as the bus does when a subscriber is disabled.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(100), first.next())
+            .await
+            .is_err()
+    );
+    let sent: Vec<_> = (0..5).map(|n| event("job.run", n)).collect();
+    transport.publish(&sent).await.unwrap();
+    let mut taken = Vec::new();
+    for _ in 0..sent.len() {
+        let delivery = tokio::time::timeout(PATIENCE, first.next())
+            .await
+            .expect("in time")
+            .expect("a delivery");
+        taken.push(delivery);
+    }
+    assert_eq!(
+        taken.iter().map(|d| d.event().id()).collect::<Vec<_>>(),
+        sent.iter().map(|e| e.id()).collect::<Vec<_>>()
+    );
+    // A crash of the handling process: deliveries and consumer dropped
+    // without an ack.
+    drop(taken);
+    drop(first);
+    let mut second = transport.subscribe(&spec).await.expect("subscribe again");
+    let mut again = Vec::new();
+    for _ in 0..sent.len() {
+        let delivery = tokio::time::timeout(PATIENCE, second.next())
+            .await
+            .expect("redelivered in time")
+            .expect("a delivery");
+        assert_eq!(delivery.attempt(), 1);
+        again.push(delivery.event().id());
+        delivery.ack().await.expect("ack");
+    }
+    again.sort();
+    let mut ids: Vec<_> = sent.iter().map(|e| e.id()).collect();
+    ids.sort();
+    assert_eq!(again, ids);
+    let (_conn, channel) = raw_channel().await;
+    // Every copy was taken: none waits in the queue.
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while ready_in(&channel, &transport.queue("worker").unwrap()).await != 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "messages left in the queue"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

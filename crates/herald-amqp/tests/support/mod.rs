@@ -102,7 +102,17 @@ pub async fn disrupt(namespace: &str) {
     })
     .await
     .expect("rabbitmqctl task");
-    assert!(!pids.is_empty(), "no connection named {name} to close: {}", rabbitmqctl(&["list_connections", "pid", "client_properties", "-q", "--no-table-headers"]));
+    assert!(
+        !pids.is_empty(),
+        "no connection named {name} to close: {}",
+        rabbitmqctl(&[
+            "list_connections",
+            "pid",
+            "client_properties",
+            "-q",
+            "--no-table-headers"
+        ])
+    );
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
         let probe =
