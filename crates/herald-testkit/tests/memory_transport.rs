@@ -27,7 +27,7 @@ impl Memory {
 #[async_trait]
 impl TransportHarness for Memory {
     async fn connect(&self, namespace: &str) -> Arc<dyn Transport> {
-        Arc::new(self.broker(namespace))
+        Arc::new(self.broker(namespace).connection())
     }
 
     async fn disrupt(&self, namespace: &str) {

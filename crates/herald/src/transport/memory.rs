@@ -2,7 +2,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -19,10 +19,13 @@ const NAME: &str = "memory";
 /// A broker in memory: consumer groups with queues, delayed retries and
 /// dead letters, all lost when the process ends.
 ///
-/// It behaves as the real brokers do where a test can see it: a group
-/// receives what is published after it was first subscribed, its consumers
-/// share its events, a delivery dropped unsettled is delivered again, and a
-/// retry comes back after its delay.
+/// A `MemoryTransport` is one connection to its broker; clones share the
+/// connection, [`connection`](Self::connection) opens another one to the
+/// same broker (another "process"). It behaves as the real brokers do where
+/// a test can see it: a group receives what is published after it was
+/// first subscribed, its consumers share its events, a retry comes back
+/// after its delay, and the deliveries a connection holds unsettled go back
+/// to their group when it closes or when they are dropped.
 ///
 /// # Examples
 ///
@@ -31,21 +34,31 @@ const NAME: &str = "memory";
 /// use herald::Bus;
 /// use std::sync::Arc;
 ///
-/// let bus = Bus::builder().transport(Arc::new(MemoryTransport::new())).build();
+/// let broker = MemoryTransport::new();
+/// let orders = Bus::builder().transport(Arc::new(broker.clone())).build();
+/// let billing = Bus::builder().transport(Arc::new(broker.connection())).build();
 /// ```
 #[derive(Clone, Default)]
 pub struct MemoryTransport {
-    inner: Arc<Inner>,
+    broker: Arc<Broker>,
+    connection: Arc<Connection>,
 }
 
 #[derive(Default)]
-struct Inner {
+struct Broker {
     groups: Mutex<HashMap<String, Arc<Group>>>,
     dead_letters: MemoryDeadLetterStore,
     /// Bumped by [`MemoryTransport::disconnect`]; a consumer opened under an
     /// older one fails once, as after a dropped connection.
-    connection: AtomicU64,
+    generation: AtomicU64,
+}
+
+/// One connection: what it holds unsettled goes back when it closes.
+#[derive(Default)]
+struct Connection {
     closed: AtomicBool,
+    next_tag: AtomicU64,
+    unsettled: Mutex<HashMap<u64, (Arc<Group>, Message)>>,
 }
 
 struct Group {
@@ -60,9 +73,14 @@ struct Message {
     errors: Vec<AttemptError>,
 }
 
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Every critical section here is a single insert or removal.
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 impl Group {
     fn push(&self, message: Message, front: bool) {
-        let mut ready = self.ready.lock().unwrap_or_else(|p| p.into_inner());
+        let mut ready = lock(&self.ready);
         if front {
             ready.push_front(message);
         } else {
@@ -71,54 +89,59 @@ impl Group {
         drop(ready);
         self.arrived.notify_one();
     }
+
+    fn matches(&self, event_type: &str) -> bool {
+        lock(&self.topics).iter().any(|p| p.matches(event_type))
+    }
+}
+
+impl Connection {
+    fn take(&self, tag: u64) -> Option<(Arc<Group>, Message)> {
+        lock(&self.unsettled).remove(&tag)
+    }
 }
 
 impl MemoryTransport {
-    /// A broker with no groups.
+    /// A new broker, and a connection to it.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Another connection to the same broker.
+    pub fn connection(&self) -> Self {
+        Self {
+            broker: Arc::clone(&self.broker),
+            connection: Arc::default(),
+        }
     }
 
     /// How many deliveries wait in group `name` (not counting those
     /// delivered and not yet settled, nor retries still waiting out their
     /// delay).
     pub fn queued(&self, name: &str) -> usize {
-        self.group(name).map_or(0, |g| {
-            g.ready.lock().unwrap_or_else(|p| p.into_inner()).len()
-        })
+        self.group(name).map_or(0, |g| lock(&g.ready).len())
     }
 
-    /// Drops every consumer's connection, as a broker restart would: each
-    /// open consumer fails its next call, and the bus opens a new one.
+    /// Drops every consumer's connection to the broker, as a broker restart
+    /// would: each open consumer fails its next call, and the bus opens a
+    /// new one.
     pub fn disconnect(&self) {
-        self.inner.connection.fetch_add(1, Ordering::SeqCst);
-        let groups: Vec<Arc<Group>> = self
-            .inner
-            .groups
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-            .cloned()
-            .collect();
+        self.broker.generation.fetch_add(1, Ordering::SeqCst);
+        let groups: Vec<Arc<Group>> = lock(&self.broker.groups).values().cloned().collect();
         for group in groups {
             group.arrived.notify_waiters();
         }
     }
 
     fn check_open(&self) -> Result<(), TransportError> {
-        if self.inner.closed.load(Ordering::SeqCst) {
+        if self.connection.closed.load(Ordering::SeqCst) {
             return Err(TransportError::Closed(NAME));
         }
         Ok(())
     }
 
     fn group(&self, name: &str) -> Option<Arc<Group>> {
-        self.inner
-            .groups
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(name)
-            .cloned()
+        lock(&self.broker.groups).get(name).cloned()
     }
 }
 
@@ -130,32 +153,17 @@ impl Transport for MemoryTransport {
 
     async fn publish(&self, events: &[RecordedEvent]) -> Result<(), TransportError> {
         self.check_open()?;
-        let groups: Vec<Arc<Group>> = self
-            .inner
-            .groups
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-            .cloned()
-            .collect();
+        let groups: Vec<Arc<Group>> = lock(&self.broker.groups).values().cloned().collect();
         for event in events {
-            for group in &groups {
-                let matches = group
-                    .topics
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .iter()
-                    .any(|p| p.matches(event.event_type()));
-                if matches {
-                    group.push(
-                        Message {
-                            event: event.clone(),
-                            attempt: 1,
-                            errors: Vec::new(),
-                        },
-                        false,
-                    );
-                }
+            for group in groups.iter().filter(|g| g.matches(event.event_type())) {
+                group.push(
+                    Message {
+                        event: event.clone(),
+                        attempt: 1,
+                        errors: Vec::new(),
+                    },
+                    false,
+                );
             }
         }
         Ok(())
@@ -170,20 +178,21 @@ impl Transport for MemoryTransport {
                 reason: "a consumer group needs a name".into(),
             });
         }
-        let group = {
-            let mut groups = self.inner.groups.lock().unwrap_or_else(|p| p.into_inner());
-            Arc::clone(groups.entry(spec.name.clone()).or_insert_with(|| {
-                Arc::new(Group {
-                    topics: Mutex::new(Vec::new()),
-                    ready: Mutex::new(VecDeque::new()),
-                    arrived: Notify::new(),
-                })
-            }))
-        };
+        let group = Arc::clone(
+            lock(&self.broker.groups)
+                .entry(spec.name.clone())
+                .or_insert_with(|| {
+                    Arc::new(Group {
+                        topics: Mutex::new(Vec::new()),
+                        ready: Mutex::new(VecDeque::new()),
+                        arrived: Notify::new(),
+                    })
+                }),
+        );
         // As a broker's bindings: the group keeps the patterns it was
         // declared with, plus the new ones.
         {
-            let mut topics = group.topics.lock().unwrap_or_else(|p| p.into_inner());
+            let mut topics = lock(&group.topics);
             for pattern in &spec.topics {
                 if !topics.contains(pattern) {
                     topics.push(pattern.clone());
@@ -192,9 +201,8 @@ impl Transport for MemoryTransport {
         }
         Ok(Box::new(MemoryConsumer {
             group,
-            dead_letters: self.inner.dead_letters.clone(),
-            connection: self.inner.connection.load(Ordering::SeqCst),
-            inner: Arc::clone(&self.inner),
+            transport: self.clone(),
+            generation: self.broker.generation.load(Ordering::SeqCst),
         }))
     }
 
@@ -223,22 +231,32 @@ impl Transport for MemoryTransport {
     }
 
     fn dead_letters(&self) -> Arc<dyn DeadLetterStore> {
-        Arc::new(self.inner.dead_letters.clone())
+        Arc::new(self.broker.dead_letters.clone())
     }
 
     async fn close(&self) -> Result<(), TransportError> {
-        self.inner.closed.store(true, Ordering::SeqCst);
-        self.disconnect();
+        self.connection.closed.store(true, Ordering::SeqCst);
+        let held: Vec<(Arc<Group>, Message)> = lock(&self.connection.unsettled)
+            .drain()
+            .map(|(_, held)| held)
+            .collect();
+        for (group, message) in held {
+            group.push(message, true);
+        }
+        // Wakes this connection's consumers, which then see it closed.
+        let groups: Vec<Arc<Group>> = lock(&self.broker.groups).values().cloned().collect();
+        for group in groups {
+            group.arrived.notify_waiters();
+        }
         Ok(())
     }
 }
 
 struct MemoryConsumer {
     group: Arc<Group>,
-    dead_letters: MemoryDeadLetterStore,
-    /// The connection it was opened on.
-    connection: u64,
-    inner: Arc<Inner>,
+    transport: MemoryTransport,
+    /// The broker generation it was opened under.
+    generation: u64,
 }
 
 #[async_trait]
@@ -247,38 +265,31 @@ impl Consumer for MemoryConsumer {
         loop {
             // Registered before looking, so a push in between still wakes us.
             let arrived = self.group.arrived.notified();
-            if self.inner.closed.load(Ordering::SeqCst) {
-                return Err(TransportError::Closed(NAME));
-            }
-            if self.inner.connection.load(Ordering::SeqCst) != self.connection {
+            self.transport.check_open()?;
+            if self.transport.broker.generation.load(Ordering::SeqCst) != self.generation {
                 return Err(TransportError::connection(
                     NAME,
                     "the connection was dropped",
                 ));
             }
-            let message = self
-                .group
-                .ready
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .pop_front();
+            let (message, more) = {
+                let mut ready = lock(&self.group.ready);
+                (ready.pop_front(), !ready.is_empty())
+            };
             if let Some(message) = message {
-                // Another consumer may be waiting for what is left.
-                if !self
-                    .group
-                    .ready
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .is_empty()
-                {
+                if more {
+                    // Another consumer may be waiting for what is left.
                     self.group.arrived.notify_one();
                 }
                 let event = message.event.clone();
                 let (attempt, errors) = (message.attempt, message.errors.clone());
+                let connection = &self.transport.connection;
+                let tag = connection.next_tag.fetch_add(1, Ordering::Relaxed);
+                lock(&connection.unsettled).insert(tag, (Arc::clone(&self.group), message));
                 let acker = MemoryAcker {
-                    group: Arc::clone(&self.group),
-                    message: Some(message),
-                    dead_letters: self.dead_letters.clone(),
+                    connection: Arc::clone(connection),
+                    tag,
+                    dead_letters: self.transport.broker.dead_letters.clone(),
                 };
                 return Ok(Delivery::new(event, attempt, errors, acker));
             }
@@ -288,39 +299,43 @@ impl Consumer for MemoryConsumer {
 }
 
 struct MemoryAcker {
-    group: Arc<Group>,
-    /// `Some` until settled; dropped unsettled, it goes back to the group.
-    message: Option<Message>,
+    connection: Arc<Connection>,
+    tag: u64,
     dead_letters: MemoryDeadLetterStore,
+}
+
+impl MemoryAcker {
+    /// The message, unless the connection closed and gave it back already.
+    fn take(&self) -> Result<(Arc<Group>, Message), TransportError> {
+        self.connection
+            .take(self.tag)
+            .ok_or(TransportError::Closed(NAME))
+    }
 }
 
 impl Drop for MemoryAcker {
     fn drop(&mut self) {
-        if let Some(message) = self.message.take() {
-            self.group.push(message, true);
+        if let Some((group, message)) = self.connection.take(self.tag) {
+            group.push(message, true);
         }
     }
 }
 
 #[async_trait]
 impl Acker for MemoryAcker {
-    async fn ack(mut self: Box<Self>) -> Result<(), TransportError> {
-        self.message = None;
-        Ok(())
+    async fn ack(self: Box<Self>) -> Result<(), TransportError> {
+        self.take().map(drop)
     }
 
     async fn retry(
-        mut self: Box<Self>,
+        self: Box<Self>,
         delay: Duration,
         attempt: u32,
         errors: Vec<AttemptError>,
     ) -> Result<(), TransportError> {
-        let Some(mut message) = self.message.take() else {
-            return Ok(());
-        };
+        let (group, mut message) = self.take()?;
         message.attempt = attempt;
         message.errors = errors;
-        let group = Arc::clone(&self.group);
         tokio::spawn(async move {
             tokio::time::sleep(delay).await;
             group.push(message, false);
@@ -329,20 +344,22 @@ impl Acker for MemoryAcker {
     }
 
     async fn dead_letter(
-        mut self: Box<Self>,
+        self: Box<Self>,
         letter: NewDeadLetter,
         _attempts: u32,
     ) -> Result<(), TransportError> {
+        // Recorded before the message is let go: if recording fails, the
+        // drop gives it back.
         self.dead_letters
             .record(letter)
             .await
             .map_err(|e| TransportError::broker(NAME, e))?;
-        self.message = None;
-        Ok(())
+        self.take().map(drop)
     }
 
     async fn release(self: Box<Self>) -> Result<(), TransportError> {
-        // Drop puts it back.
+        let (group, message) = self.take()?;
+        group.push(message, true);
         Ok(())
     }
 }

@@ -1,5 +1,6 @@
 //! Integration tests of the in-process bus.
 
+mod broker;
 mod competing;
 mod dead_letters;
 mod delivery;
