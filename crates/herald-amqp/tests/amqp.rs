@@ -553,3 +553,79 @@ async fn unsettled_deliveries_come_back_and_a_cancelled_next_loses_nothing() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_in_flight_when_the_connection_drops_are_never_falsely_confirmed() {
+    let ns = support::namespace("inflight");
+    let consumer_bus = Bus::builder()
+        .transport(Arc::new(support::connect(&ns).await))
+        .build();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    subscribe(
+        &consumer_bus,
+        Subscriber::new("sink", forward(tx)).topic("bulk.*"),
+    )
+    .await;
+    let pub_ns = format!("{ns}-pub");
+    let publisher = support::connect_with(
+        support::config(&ns).connection_name(support::connection_name(&pub_ns)),
+    )
+    .await;
+    // Batches keep going out while the broker drops the publisher's
+    // connection under them, until the test has seen batches confirmed
+    // after the drop.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let confirmed_batches = Arc::new(AtomicU32::new(0));
+    let publishing = tokio::spawn({
+        let (stop, confirmed_batches) = (Arc::clone(&stop), Arc::clone(&confirmed_batches));
+        async move {
+            let mut confirmed = std::collections::HashSet::new();
+            let mut failed = 0;
+            let mut round = 0u64;
+            while !stop.load(Ordering::SeqCst) {
+                let batch: Vec<_> = (0..250)
+                    .map(|n| event("bulk.item", round * 1000 + n))
+                    .collect();
+                round += 1;
+                match publisher.publish(&batch).await {
+                    Ok(()) => {
+                        confirmed.extend(batch.iter().map(|e| e.id()));
+                        confirmed_batches.fetch_add(1, Ordering::SeqCst);
+                    }
+                    Err(_) => failed += 1,
+                }
+            }
+            (confirmed, failed)
+        }
+    });
+    // Wait until the stream is under way, then cut it.
+    let first = receive(&mut rx, 1).await.remove(0);
+    support::disrupt(&pub_ns).await;
+    let after_drop = confirmed_batches.load(Ordering::SeqCst) + 5;
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while confirmed_batches.load(Ordering::SeqCst) < after_drop {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "publishing did not recover after the drop"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stop.store(true, Ordering::SeqCst);
+    let (confirmed, failed) = publishing.await.expect("publisher task");
+    assert!(failed < 5, "{failed} batches failed");
+    let mut got = std::collections::HashSet::from([first.id()]);
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while !confirmed.is_subset(&got) {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match tokio::time::timeout(left, rx.recv()).await {
+            Ok(Some(e)) => {
+                got.insert(e.id());
+            }
+            _ => panic!(
+                "{} confirmed events never arrived",
+                confirmed.difference(&got).count()
+            ),
+        }
+    }
+    consumer_bus.shutdown().await;
+}
