@@ -11,7 +11,7 @@ use chrono::{DateTime, Utc};
 use futures_util::stream::{BoxStream, StreamExt};
 use herald::store::{
     Appended, AppendedEvent, Capabilities, Direction, EventStore, ExpectedVersion, ListStreams,
-    ReadAll, ReadStream, StoreError, StreamInfo, StreamName,
+    ReadAll, ReadStream, StoreError, StreamAppend, StreamInfo, StreamName,
 };
 use herald::{
     EventId, EventType, Metadata, NewEvent, Origin, Payload, RecordedEvent, RecordedParts,
@@ -1066,6 +1066,40 @@ impl EventStore for PgStore {
             self.inner.wake.notify_one();
         }
         Ok(appended)
+    }
+
+    async fn append_all(&self, appends: Vec<StreamAppend>) -> Result<Vec<Appended>, StoreError> {
+        let batches = appends
+            .into_iter()
+            .map(|part| {
+                let batch = Batch::new(&part.stream, part.events)?;
+                Ok((batch, part.stream, part.expected))
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        let mut tx = self
+            .inner
+            .pool
+            .begin()
+            .await
+            .map_err(backend("begin a transaction to append to several streams"))?;
+        let mut results = Vec::with_capacity(batches.len());
+        for (batch, stream, expected) in &batches {
+            // One transaction: a failing part aborts it, and dropping it
+            // rolls back the parts before.
+            let conn: &mut PgConnection = &mut tx;
+            results.push(
+                self.inner
+                    .append_on(conn, stream, *expected, batch, false)
+                    .await?,
+            );
+        }
+        tx.commit()
+            .await
+            .map_err(backend("commit an append to several streams"))?;
+        if self.inner.config.notify && results.iter().any(|a| !a.events.is_empty()) {
+            self.inner.wake.notify_one();
+        }
+        Ok(results)
     }
 
     async fn link(

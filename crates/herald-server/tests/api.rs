@@ -332,6 +332,42 @@ async fn publishes_through_the_bus_to_in_process_subscribers(f: Fixture) {
     f.server.shutdown().await;
 }
 
+async fn publishing_several_events_stores_all_or_none(f: Fixture) {
+    let (status, first) = f
+        .post(
+            "/api/events",
+            json!({"events": [{"type": "order.created", "data": {"n": 1}}]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{first}");
+    let taken = first["events"][0]["id"].as_str().unwrap().to_owned();
+    // The second event reuses a stored id with other content: the request
+    // fails, and the first event of it is not stored either.
+    let (status, problem) = f
+        .post(
+            "/api/events",
+            json!({"events": [
+                {"type": "invoice.issued", "data": {"n": 2}},
+                {"type": "order.created", "data": {"n": 99}, "id": taken},
+            ]}),
+        )
+        .await;
+    assert!(status.is_client_error(), "{status}: {problem}");
+    assert!(
+        problem["detail"].as_str().unwrap().contains(&taken),
+        "{problem}"
+    );
+    let (_, log) = f.get("/api/events").await;
+    let types: Vec<&str> = log["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(types, ["order.created"], "nothing of the failed request");
+    f.server.shutdown().await;
+}
+
 // ---- scenarios on SQLite only: they test the HTTP layer, not the store ----
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -758,4 +794,5 @@ on_every_store!(
     reads_the_global_log_by_type_and_page,
     lists_streams_by_prefix_and_page,
     publishes_through_the_bus_to_in_process_subscribers,
+    publishing_several_events_stores_all_or_none,
 );

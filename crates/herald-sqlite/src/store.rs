@@ -9,7 +9,7 @@ use async_trait::async_trait;
 use futures_util::stream::{self, BoxStream, StreamExt, TryStreamExt};
 use herald::store::{
     Appended, Capabilities, CheckpointStore, Direction, EventStore, ExpectedVersion, ListStreams,
-    ReadAll, ReadStream, StoreError, StreamInfo, StreamName,
+    ReadAll, ReadStream, StoreError, StreamAppend, StreamInfo, StreamName,
 };
 use herald::{EventId, EventType, NewEvent, RecordedEvent, TopicPattern};
 use rusqlite::{Connection, OptionalExtension};
@@ -230,6 +230,15 @@ impl EventStore for SqliteStore {
             reply,
         })
         .await
+    }
+
+    async fn append_all(&self, appends: Vec<StreamAppend>) -> Result<Vec<Appended>, StoreError> {
+        let parts = appends
+            .into_iter()
+            .map(|part| Ok((part.stream, part.expected, prepare(part.events)?)))
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        self.write(|reply| Command::AppendAll { parts, reply })
+            .await
     }
 
     async fn link(

@@ -46,6 +46,11 @@ pub(crate) enum Command {
         events: Vec<Pending>,
         reply: oneshot::Sender<Result<Appended, StoreError>>,
     },
+    /// Appends to several streams; all or nothing.
+    AppendAll {
+        parts: Vec<(StreamName, ExpectedVersion, Vec<Pending>)>,
+        reply: oneshot::Sender<Result<Vec<Appended>, StoreError>>,
+    },
     Link {
         stream: StreamName,
         expected: ExpectedVersion,
@@ -96,6 +101,7 @@ pub(crate) enum Command {
 /// What a command produced.
 enum Done {
     Appended(Appended),
+    AppendedAll(Vec<Appended>),
     Deleted(bool),
     Checkpointed,
     EnabledSaved,
@@ -260,9 +266,15 @@ impl Writer {
         let head = group
             .iter()
             .zip(&results)
-            .filter(|(command, _)| matches!(command, Command::Append { .. }))
+            .filter(|(command, _)| {
+                matches!(command, Command::Append { .. } | Command::AppendAll { .. })
+            })
             .filter_map(|(_, result)| match result {
                 Ok(Done::Appended(a)) => a.events.last().map(|e| e.position),
+                Ok(Done::AppendedAll(all)) => all
+                    .iter()
+                    .filter_map(|a| a.events.last().map(|e| e.position))
+                    .max(),
                 _ => None,
             })
             .max();
@@ -343,6 +355,14 @@ impl Writer {
                 events,
                 ..
             } => self.append(stream, *expected, events).map(Done::Appended),
+            // A failing part fails the command, and the caller rolls the
+            // command back whole (its savepoint, or the transaction when it
+            // runs alone), so no part stays.
+            Command::AppendAll { parts, .. } => parts
+                .iter()
+                .map(|(stream, expected, events)| self.append(stream, *expected, events))
+                .collect::<Result<Vec<_>, _>>()
+                .map(Done::AppendedAll),
             Command::Link {
                 stream,
                 expected,
@@ -718,6 +738,12 @@ impl Command {
         match self {
             Self::Append { reply, .. } | Self::Link { reply, .. } => send(reply, result, |done| {
                 let Done::Appended(a) = done else { return None };
+                Some(a)
+            }),
+            Self::AppendAll { reply, .. } => send(reply, result, |done| {
+                let Done::AppendedAll(a) = done else {
+                    return None;
+                };
                 Some(a)
             }),
             Self::Delete { reply, .. } => send(reply, result, |done| {

@@ -10,7 +10,7 @@ use std::time::Duration;
 use futures_util::TryStreamExt;
 use herald::store::{
     Direction, EventStore, ExpectedVersion, ListStreams, ReadAll, ReadStream, StoreError,
-    StoreErrorKind, StreamName,
+    StoreErrorKind, StreamAppend, StreamName,
 };
 use herald::{EventId, NewEvent, TopicPattern};
 use serde_json::json;
@@ -28,6 +28,8 @@ macro_rules! store_conformance {
             rejects_append_at_wrong_expected_version_and_writes_nothing,
             checks_every_kind_of_expected_version,
             appends_a_batch_atomically,
+            appends_to_several_streams_in_one_step,
+            an_append_to_several_streams_writes_nothing_when_one_part_fails,
             repeats_an_identical_append_idempotently,
             rejects_a_reused_event_id_with_other_content,
             rejects_a_reused_event_id_in_another_stream_or_batch,
@@ -972,4 +974,110 @@ pub async fn head_tracks_the_last_position<S: EventStore>(store: S) {
             .expect("the head watch was told of the append")
             .expect("the store is alive");
     }
+}
+
+/// `append_all` stores every part, in order, a stream named twice
+/// continuing where its first part ended.
+pub async fn appends_to_several_streams_in_one_step<S: EventStore>(store: S) {
+    let (order, customer) = (stream("order-1"), stream("customer-1"));
+    let appended = store
+        .append_all(vec![
+            StreamAppend::new(
+                order.clone(),
+                ExpectedVersion::NoStream,
+                vec![event("order.created", 0), event("order.paid", 1)],
+            ),
+            StreamAppend::new(
+                customer.clone(),
+                ExpectedVersion::Any,
+                vec![event("customer.ordered", 2)],
+            ),
+            StreamAppend::new(
+                order.clone(),
+                ExpectedVersion::Exact(1),
+                vec![event("order.shipped", 3)],
+            ),
+        ])
+        .await
+        .expect("append to several streams");
+    assert_eq!(appended.len(), 3);
+    assert_eq!(appended[0].version, Some(1));
+    assert_eq!(appended[1].version, Some(0));
+    assert_eq!(appended[2].version, Some(2));
+    let positions: Vec<u64> = appended
+        .iter()
+        .flat_map(|a| a.events.iter().map(|e| e.position))
+        .collect();
+    assert!(
+        positions.windows(2).all(|w| w[0] < w[1]),
+        "positions follow the order given: {positions:?}"
+    );
+    let read = store
+        .read_stream(&order, ReadStream::forward())
+        .await
+        .unwrap();
+    assert_eq!(read.iter().map(n_of).collect::<Vec<_>>(), vec![0, 1, 3]);
+    assert_eq!(store.head().await.unwrap(), 4);
+}
+
+/// A conflict or a reused id in any part of `append_all` fails it with the
+/// part's typed error, and no part is stored.
+pub async fn an_append_to_several_streams_writes_nothing_when_one_part_fails<S: EventStore>(
+    store: S,
+) {
+    let (taken, fresh) = (stream("taken"), stream("fresh"));
+    store
+        .append(&taken, ExpectedVersion::Any, vec![event("thing.made", 0)])
+        .await
+        .unwrap();
+    let err = store
+        .append_all(vec![
+            StreamAppend::new(
+                fresh.clone(),
+                ExpectedVersion::Any,
+                vec![event("thing.made", 1)],
+            ),
+            StreamAppend::new(
+                taken.clone(),
+                ExpectedVersion::NoStream,
+                vec![event("thing.made", 2)],
+            ),
+        ])
+        .await
+        .expect_err("the second part conflicts");
+    assert!(
+        matches!(err, StoreError::WrongExpectedVersion { ref stream, .. } if *stream == taken),
+        "{err}"
+    );
+
+    let id = EventId::new();
+    let err = store
+        .append_all(vec![
+            StreamAppend::new(
+                fresh.clone(),
+                ExpectedVersion::Any,
+                vec![event("thing.made", 3).with_id(id)],
+            ),
+            StreamAppend::new(
+                stream("other"),
+                ExpectedVersion::Any,
+                vec![event("thing.made", 4).with_id(id)],
+            ),
+        ])
+        .await
+        .expect_err("one id in two parts");
+    assert!(matches!(err, StoreError::DuplicateEvent { .. }), "{err}");
+
+    assert_eq!(
+        store.head().await.unwrap(),
+        1,
+        "nothing of the failed calls"
+    );
+    assert!(
+        store
+            .read_stream(&fresh, ReadStream::forward())
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }

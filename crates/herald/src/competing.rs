@@ -76,7 +76,14 @@ fn member_id() -> String {
 
 /// This member's fair share: `partitions` spread evenly over the live
 /// members, the first ones (by id) taking one more when it does not divide.
+///
+/// A group of one partition (a single-active relay, say) is the exception:
+/// only one member can work anyway, so whoever holds it keeps it, rather
+/// than handing it to a member that joined later and ranks first.
 fn fair_share(view: &GroupView, member: &str, partitions: u32) -> u32 {
+    if partitions == 1 {
+        return 1;
+    }
     let mut members = view.members.clone();
     if !members.iter().any(|m| m == member) {
         members.push(member.to_owned());
@@ -397,7 +404,7 @@ mod tests {
     #[test]
     fn fair_shares_add_up_to_the_partitions() {
         for n in 1..=20usize {
-            for partitions in 1..=40u32 {
+            for partitions in 2..=40u32 {
                 let names: Vec<String> = (0..n).map(|i| format!("m{i:02}")).collect();
                 let refs: Vec<&str> = names.iter().map(String::as_str).collect();
                 let v = view(&refs);
@@ -409,6 +416,14 @@ mod tests {
                 let (min, max) = (shares.iter().min(), shares.iter().max());
                 assert!(max.unwrap() - min.unwrap() <= 1, "{shares:?}");
             }
+        }
+    }
+
+    #[test]
+    fn every_member_of_a_one_partition_group_may_hold_it() {
+        let v = view(&["a", "b", "c"]);
+        for m in ["a", "b", "c"] {
+            assert_eq!(fair_share(&v, m, 1), 1, "{m}");
         }
     }
 

@@ -108,6 +108,26 @@ pub(crate) trait Deliver: Send + Sync + 'static {
         &self,
         event: &RecordedEvent,
     ) -> impl std::future::Future<Output = Settled> + Send;
+
+    /// Delivers a batch read after the checkpoint, up to `last` (the
+    /// position the checkpoint may move to once every event is settled;
+    /// `head` is the store's head as read before the batch); returns the
+    /// position up to which every event is settled. Subscribers deliver
+    /// event by event; the relay overrides it to publish the batch at once.
+    fn deliver_batch(
+        &self,
+        events: Vec<RecordedEvent>,
+        concurrency: usize,
+        last: u64,
+        head: u64,
+        fence: Option<&Fence>,
+    ) -> impl std::future::Future<Output = u64> + Send
+    where
+        Self: Sized,
+    {
+        let _ = head;
+        deliver_each(self, events, concurrency, last, fence)
+    }
 }
 
 /// A running durable subscriber.
@@ -204,6 +224,11 @@ impl DurableRunner {
             return false;
         }
         saved.await.is_ok()
+    }
+
+    /// Asks the runner to stop after its current batch, without waiting.
+    pub(crate) fn ask_to_stop(&self) {
+        self.stop.send_replace(true);
     }
 
     /// Asks the runner to stop after its current batch, and waits for it.
@@ -544,8 +569,15 @@ pub(crate) async fn drive<D: Deliver>(
         }
         // A partition's runner passes over the other partitions' events.
         matching.retain(|e| place.owns(e));
-        let reached =
-            deliver_batch(core, matching, settings.concurrency, last, place.fence()).await;
+        let reached = core
+            .deliver_batch(
+                matching,
+                settings.concurrency,
+                last,
+                head_before,
+                place.fence(),
+            )
+            .await;
         if reached > checkpoint {
             if !place.save(reached, &mut stop).await {
                 return;
@@ -573,7 +605,7 @@ pub(crate) async fn drive<D: Deliver>(
 
 /// Delivers a batch; returns the position up to which every event is
 /// settled (`last` when all are).
-async fn deliver_batch<D: Deliver>(
+async fn deliver_each<D: Deliver>(
     core: &D,
     events: Vec<RecordedEvent>,
     concurrency: usize,

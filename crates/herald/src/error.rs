@@ -365,6 +365,13 @@ pub enum SubscribeError {
     /// The subscriber's name is empty or too long.
     #[error("invalid subscriber name {0:?}: it must be 1 to 255 characters")]
     InvalidName(String),
+    /// The name starts with a prefix Herald keeps for itself
+    /// ([`relay::CHECKPOINT_PREFIX`](crate::relay::CHECKPOINT_PREFIX)), so
+    /// that relays' checkpoints never collide with subscribers'.
+    #[error(
+        "invalid subscriber name {0:?}: names starting with \"$relay:\" are reserved for relays"
+    )]
+    ReservedName(String),
     /// A subscriber with this name exists already.
     #[error("a subscriber named {0} exists already")]
     DuplicateName(String),

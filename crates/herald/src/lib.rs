@@ -255,6 +255,7 @@ mod handler;
 mod id;
 mod metrics;
 pub mod middleware;
+pub mod relay;
 pub mod store;
 pub mod testing;
 pub mod topic;

@@ -9,6 +9,9 @@
 //! | `herald_dead_letters_recorded_total` | counter | `subscriber` | events written to the dead letters (a repeated failure of one event counts again) |
 //! | `herald_dead_letters_resolved_total` | counter | `subscriber`, `outcome` (`retried`, `discarded`) | dead letters removed through the bus |
 //! | `herald_dead_letters` | gauge | `subscriber` | dead letters in the store, set by [`Bus::dead_letter_counts`](crate::Bus::dead_letter_counts) |
+//! | `herald_relay_forwarded_total` | counter | `relay` | events a [relay](crate::relay) published and the broker confirmed (a republished event counts again) |
+//! | `herald_relay_lag` | gauge | `relay` | positions between the store's head, as the relay last read it, and its checkpoint |
+//! | `herald_relay_publish_failures_total` | counter | `relay` | a relay's failed publish calls (each batch is published again) |
 
 pub(crate) fn dead_letter_recorded(subscriber: &str) {
     metrics::counter!("herald_dead_letters_recorded_total", "subscriber" => subscriber.to_owned())

@@ -159,31 +159,8 @@ pub(crate) async fn publish(
     Body(batch): Body<Batch>,
 ) -> Result<impl IntoResponse, ApiError> {
     let events = validate(batch, true)?;
-    let total = events.len();
-    let mut published = Vec::with_capacity(total);
-    for event in events {
-        match state.bus.publish_new(event).await {
-            Ok(recorded) => published.push(recorded),
-            Err(err) => {
-                crate::metrics::events_appended("publish", published.len() as u64);
-                if published.is_empty() {
-                    return Err(err.into());
-                }
-                // The earlier events are in the store: say which.
-                let mut problem = match ApiError::from(err) {
-                    ApiError::Problem(problem) => problem,
-                    other => return Err(other),
-                };
-                problem.detail = format!(
-                    "{} (events[0..{}] were published; events[{}..{total}] were not)",
-                    problem.detail,
-                    published.len(),
-                    published.len()
-                );
-                return Err(problem.into());
-            }
-        }
-    }
+    // All or nothing: a failure in any event stores none of them.
+    let published = state.bus.publish_all(events).await?;
     crate::metrics::events_appended("publish", published.len() as u64);
     Ok((StatusCode::CREATED, Json(json!({ "events": published }))))
 }

@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use futures_util::stream::BoxStream;
 use herald::store::{
     Appended, Capabilities, CheckpointStore, EventStore, ExpectedVersion, ListStreams, ReadAll,
-    ReadStream, StoreError, StreamInfo, StreamName,
+    ReadStream, StoreError, StreamAppend, StreamInfo, StreamName,
 };
 use herald::{
     DeadLetter, DeadLetterError, DeadLetterQuery, DeadLetterStore, EventId, Ledger, LedgerError,
@@ -57,6 +57,10 @@ impl EventStore for TempStore {
         events: Vec<NewEvent>,
     ) -> Result<Appended, StoreError> {
         self.store.append(stream, expected, events).await
+    }
+
+    async fn append_all(&self, appends: Vec<StreamAppend>) -> Result<Vec<Appended>, StoreError> {
+        self.store.append_all(appends).await
     }
 
     async fn link(

@@ -13,7 +13,7 @@ use tokio::time::Instant;
 use super::{
     Appended, AppendedEvent, Capabilities, CheckpointStore, Direction, EventStore, ExpectedVersion,
     GroupView, Lease, LeaseStore, ListStreams, PartitionState, ReadAll, ReadStream, StoreError,
-    StreamInfo, StreamName,
+    StreamAppend, StreamInfo, StreamName,
 };
 use crate::event::{NewEvent, Origin, RecordedEvent, RecordedParts};
 use crate::id::{self, EventId};
@@ -161,6 +161,127 @@ impl State {
         expected.check(stream, self.version(stream))
     }
 
+    /// Appends one part; see [`EventStore::append`].
+    fn append(
+        &mut self,
+        stream: &StreamName,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+        types: Vec<EventType>,
+    ) -> Result<Appended, StoreError> {
+        let state = self;
+        if let Some(repeat) = state.repeat_of(stream, &events)? {
+            return Ok(Appended {
+                stream: stream.clone(),
+                version: repeat.last().map(|e| e.version),
+                events: repeat,
+            });
+        }
+        let actual = state.check(stream, expected)?;
+        let mut ids = std::collections::HashSet::with_capacity(events.len());
+        for id in events.iter().filter_map(NewEvent::id) {
+            if let Some(old) = state.by_id.get(&id).and_then(|p| state.log.get(p)) {
+                return Err(StoreError::DuplicateEvent {
+                    id,
+                    stream: stream.clone(),
+                    detail: format!(
+                        "it is stored in stream {} by an append this batch does not repeat",
+                        old.stream().unwrap_or_default()
+                    ),
+                });
+            }
+            if !ids.insert(id) {
+                return Err(StoreError::DuplicateEvent {
+                    id,
+                    stream: stream.clone(),
+                    detail: "it appears twice in this batch".to_owned(),
+                });
+            }
+        }
+        let mut appended = Vec::with_capacity(events.len());
+        let stream_arc = Arc::clone(stream.as_arc());
+        for (new, event_type) in events.into_iter().zip(types) {
+            let (fresh_id, at) = id::now();
+            let id = new.id.unwrap_or(fresh_id);
+            let position = state.last_position + 1;
+            state.last_position = position;
+            let version = state.push(stream, position, at);
+            let mut metadata = new.metadata;
+            metadata.correlation_id.get_or_insert(*id.as_uuid());
+            state.log.insert(
+                position,
+                RecordedEvent::from_parts(RecordedParts {
+                    id,
+                    event_type,
+                    stream: Some(Arc::clone(&stream_arc)),
+                    version: Some(version),
+                    position: Some(position),
+                    recorded_at: at,
+                    data: new.data,
+                    metadata,
+                    origin: None,
+                }),
+            );
+            state.by_id.insert(id, position);
+            appended.push(AppendedEvent {
+                id,
+                version,
+                position,
+            });
+        }
+        Ok(Appended {
+            stream: stream.clone(),
+            version: appended.last().map(|e| e.version).or(actual),
+            events: appended,
+        })
+    }
+
+    /// Checks every part of an `append_all` against the state as the parts
+    /// before it would leave it, so that applying them cannot fail.
+    fn validate_all(&self, parts: &[(StreamAppend, Vec<EventType>)]) -> Result<(), StoreError> {
+        let mut versions: HashMap<&StreamName, Option<u64>> = HashMap::new();
+        let mut ids = std::collections::HashSet::new();
+        for (part, _) in parts {
+            let stream = &part.stream;
+            let touched = versions.contains_key(stream);
+            if !touched && self.repeat_of(stream, &part.events)?.is_some() {
+                continue;
+            }
+            let actual = match versions.get(stream) {
+                Some(v) => *v,
+                None => self.version(stream),
+            };
+            part.expected.check(stream, actual)?;
+            for id in part.events.iter().filter_map(NewEvent::id) {
+                if let Some(old) = self.by_id.get(&id).and_then(|p| self.log.get(p)) {
+                    return Err(StoreError::DuplicateEvent {
+                        id,
+                        stream: stream.clone(),
+                        detail: format!(
+                            "it is stored in stream {} by an append this batch does not repeat",
+                            old.stream().unwrap_or_default()
+                        ),
+                    });
+                }
+                if !ids.insert(id) {
+                    return Err(StoreError::DuplicateEvent {
+                        id,
+                        stream: stream.clone(),
+                        detail: "it appears twice in this batch".to_owned(),
+                    });
+                }
+            }
+            let n = part.events.len() as u64;
+            let after = match (actual, n) {
+                (v, 0) => v,
+                (None, n) => Some(n - 1),
+                (Some(v), n) => Some(v + n),
+            };
+            versions.insert(stream, after);
+        }
+        Ok(())
+    }
+
     /// The stored events of an append that repeats an earlier one, or why
     /// it is not a repeat.
     fn repeat_of(
@@ -293,73 +414,35 @@ impl EventStore for MemoryStore {
             .map(|e| EventType::new(e.event_type()))
             .collect::<Result<Vec<_>, _>>()?;
         let mut state = self.write();
-        if let Some(repeat) = state.repeat_of(stream, &events)? {
-            return Ok(Appended {
-                stream: stream.clone(),
-                version: repeat.last().map(|e| e.version),
-                events: repeat,
-            });
+        let appended = state.append(stream, expected, events, types)?;
+        let head = state.last_position;
+        drop(state);
+        self.head.send_replace(head);
+        Ok(appended)
+    }
+
+    async fn append_all(&self, appends: Vec<StreamAppend>) -> Result<Vec<Appended>, StoreError> {
+        let mut typed = Vec::with_capacity(appends.len());
+        for part in appends {
+            let types = part
+                .events
+                .iter()
+                .map(|e| EventType::new(e.event_type()))
+                .collect::<Result<Vec<_>, _>>()?;
+            typed.push((part, types));
         }
-        let actual = state.check(stream, expected)?;
-        let mut ids = std::collections::HashSet::with_capacity(events.len());
-        for id in events.iter().filter_map(NewEvent::id) {
-            if let Some(old) = state.by_id.get(&id).and_then(|p| state.log.get(p)) {
-                return Err(StoreError::DuplicateEvent {
-                    id,
-                    stream: stream.clone(),
-                    detail: format!(
-                        "it is stored in stream {} by an append this batch does not repeat",
-                        old.stream().unwrap_or_default()
-                    ),
-                });
-            }
-            if !ids.insert(id) {
-                return Err(StoreError::DuplicateEvent {
-                    id,
-                    stream: stream.clone(),
-                    detail: "it appears twice in this batch".to_owned(),
-                });
-            }
-        }
-        let mut appended = Vec::with_capacity(events.len());
-        let stream_arc = Arc::clone(stream.as_arc());
-        for (new, event_type) in events.into_iter().zip(types) {
-            let (fresh_id, at) = id::now();
-            let id = new.id.unwrap_or(fresh_id);
-            let position = state.last_position + 1;
-            state.last_position = position;
-            let version = state.push(stream, position, at);
-            let mut metadata = new.metadata;
-            metadata.correlation_id.get_or_insert(*id.as_uuid());
-            state.log.insert(
-                position,
-                RecordedEvent::from_parts(RecordedParts {
-                    id,
-                    event_type,
-                    stream: Some(Arc::clone(&stream_arc)),
-                    version: Some(version),
-                    position: Some(position),
-                    recorded_at: at,
-                    data: new.data,
-                    metadata,
-                    origin: None,
-                }),
-            );
-            state.by_id.insert(id, position);
-            appended.push(AppendedEvent {
-                id,
-                version,
-                position,
-            });
+        let mut state = self.write();
+        state.validate_all(&typed)?;
+        let mut results = Vec::with_capacity(typed.len());
+        for (part, types) in typed {
+            // Validated above against the state as each part leaves it, so
+            // this cannot fail half-way.
+            results.push(state.append(&part.stream, part.expected, part.events, types)?);
         }
         let head = state.last_position;
         drop(state);
         self.head.send_replace(head);
-        Ok(Appended {
-            stream: stream.clone(),
-            version: appended.last().map(|e| e.version).or(actual),
-            events: appended,
-        })
+        Ok(results)
     }
 
     async fn link(

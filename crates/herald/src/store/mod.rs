@@ -279,6 +279,28 @@ pub struct AppendedEvent {
     pub position: u64,
 }
 
+/// One stream's part of an [`EventStore::append_all`].
+#[derive(Clone, Debug)]
+pub struct StreamAppend {
+    /// The stream.
+    pub stream: StreamName,
+    /// What its version must be before this part.
+    pub expected: ExpectedVersion,
+    /// The events, in order.
+    pub events: Vec<NewEvent>,
+}
+
+impl StreamAppend {
+    /// A part appending `events` to `stream`.
+    pub fn new(stream: StreamName, expected: ExpectedVersion, events: Vec<NewEvent>) -> Self {
+        Self {
+            stream,
+            expected,
+            events,
+        }
+    }
+}
+
 /// The result of an append.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Appended {
@@ -630,6 +652,54 @@ pub trait EventStore: Send + Sync + 'static {
         expected: ExpectedVersion,
         events: Vec<NewEvent>,
     ) -> Result<Appended, StoreError>;
+
+    /// Appends to several streams in one atomic step: every append is
+    /// stored, or none is. Each follows the rules of
+    /// [`append`](Self::append) (expected version, idempotent repeat,
+    /// duplicate ids), and an error in any of them (a version conflict, an
+    /// id stored already) writes nothing of the others. A stream may
+    /// appear more than once; its appends apply in the order given.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// use herald::store::{EventStore, ExpectedVersion, MemoryStore, StreamAppend, StreamName};
+    /// use herald::NewEvent;
+    /// use serde_json::json;
+    ///
+    /// let store = MemoryStore::new();
+    /// let order = StreamName::new("order-7").unwrap();
+    /// let customer = StreamName::new("customer-3").unwrap();
+    /// let appended = store
+    ///     .append_all(vec![
+    ///         StreamAppend::new(order.clone(), ExpectedVersion::NoStream, vec![
+    ///             NewEvent::new("order.created", json!({"customer": 3})),
+    ///         ]),
+    ///         StreamAppend::new(customer, ExpectedVersion::Any, vec![
+    ///             NewEvent::new("customer.ordered", json!({"order": 7})),
+    ///         ]),
+    ///     ])
+    ///     .await
+    ///     .unwrap();
+    /// assert_eq!(appended.len(), 2);
+    ///
+    /// // A conflict in one part writes nothing of the other.
+    /// let err = store
+    ///     .append_all(vec![
+    ///         StreamAppend::new(StreamName::new("audit").unwrap(), ExpectedVersion::Any, vec![
+    ///             NewEvent::new("audit.noted", json!({})),
+    ///         ]),
+    ///         StreamAppend::new(order, ExpectedVersion::NoStream, vec![
+    ///             NewEvent::new("order.created", json!({})),
+    ///         ]),
+    ///     ])
+    ///     .await;
+    /// assert!(err.is_err());
+    /// assert_eq!(store.head().await.unwrap(), 2);
+    /// # }
+    /// ```
+    async fn append_all(&self, appends: Vec<StreamAppend>) -> Result<Vec<Appended>, StoreError>;
 
     /// Links existing events into a stream.
     async fn link(
