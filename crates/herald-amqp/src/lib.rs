@@ -53,7 +53,10 @@
 //!   retried (the copy confirmed in its retry queue first), or dead-lettered
 //!   (the dead letter confirmed first). A crash or a dropped connection
 //!   before that makes the broker deliver it again: at least once, never
-//!   lost.
+//!   lost. (A connection lost between a retry's or dead letter's confirm
+//!   and the original's ack leaves both: a copy, never a gap.) A message in
+//!   a subscriber's queue that is not a Herald event is rejected without
+//!   requeue and logged as an error, as no handler could take it.
 //! - Consumers and publishers reconnect by themselves with backoff
 //!   ([`AmqpConfig::reconnect_min`] doubling up to
 //!   [`AmqpConfig::reconnect_max`]), declaring their topology again.
