@@ -90,8 +90,9 @@
 //! On a two-core machine with RabbitMQ 3.10 on loopback, publishing with
 //! confirms in batches of 1,000 and consuming to a no-op handler with a
 //! prefetch of 256, 100,000 persistent events of about 200 bytes: raw lapin
-//! 9,273 events/s, Herald 8,181 events/s (median of five alternating
-//! rounds), 13% overhead, bound by the broker on both sides. Run it with
+//! 8,700–9,300 events/s, Herald 8,200–8,800 events/s (medians of two runs
+//! of alternating rounds), an overhead of 0–13%, bound by the broker on
+//! both sides. Run it with
 //! `cargo bench -p herald-amqp --bench amqp`; `BENCHMARKS.md` has the
 //! rounds and an analysis.
 //!
