@@ -25,7 +25,9 @@
 //!
 //! and finally deletes the lock queue. The broker deletes an exclusive queue
 //! when its connection closes, so a process that crashes while holding the
-//! lock releases it, and the messages it held go back to the queue.
+//! lock releases it, and the messages it held go back to the queue. An
+//! operation whose future is dropped half-way (a timeout, a cancelled
+//! request) releases it too, from a task of its own.
 //!
 //! Between the confirmed publish of an update and the ack of the old copy,
 //! a crash leaves two copies with the same id; readers keep the one with
@@ -86,8 +88,14 @@ fn store_error(e: impl Into<herald::BoxError>) -> DeadLetterError {
 /// The whole dead-letter queue, taken under the lock.
 struct Scan<'a> {
     shared: &'a Shared,
-    _local: tokio::sync::MutexGuard<'a, ()>,
+    /// This process's turn; moved to the clean-up when dropped unfinished,
+    /// so that no other task of the process runs before the lock is gone.
+    local: Option<tokio::sync::OwnedMutexGuard<()>>,
+    /// The connection holding the broker-side lock.
+    connection: Arc<lapin::Connection>,
     channel: Channel,
+    /// Whether the lock was released (or its release is under way).
+    done: bool,
     /// The newest copy of each dead letter, with its delivery tag.
     letters: HashMap<Uuid, (u64, DeadLetter)>,
     /// Tags taken and not yet acked.
@@ -101,13 +109,29 @@ fn is_locked(err: &lapin::Error) -> bool {
 
 impl<'a> Scan<'a> {
     async fn take(shared: &'a Shared) -> Result<Self, DeadLetterError> {
-        let local = shared.dead_letter_lock.lock().await;
+        let mut local = Some(Arc::clone(&shared.dead_letter_lock).lock_owned().await);
         let link = &shared.link;
         let deadline = Instant::now() + link.config.reconnect_timeout;
         let mut pause = Duration::from_millis(5);
-        let channel = loop {
-            let channel = link.channel().await.map_err(store_error)?;
-            let declared = channel
+        let mut scan = loop {
+            let connection = link.connection().await.map_err(store_error)?;
+            let channel = connection
+                .create_channel()
+                .await
+                .map_err(|e| store_error(classify(e)))?;
+            // Made before asking for the lock: if this future is dropped
+            // while the broker grants it, the scan's drop releases it.
+            let mut scan = Scan {
+                shared,
+                local: local.take(),
+                connection,
+                channel,
+                done: false,
+                letters: HashMap::new(),
+                held: BTreeSet::new(),
+            };
+            let declared = scan
+                .channel
                 .queue_declare(
                     link.names.lock.as_str().into(),
                     QueueDeclareOptions {
@@ -118,8 +142,12 @@ impl<'a> Scan<'a> {
                 )
                 .await;
             match declared {
-                Ok(_) => break channel,
+                Ok(_) => break scan,
                 Err(err) if is_locked(&err) && Instant::now() < deadline => {
+                    // Another process holds it; the broker closed this channel.
+                    scan.done = true;
+                    local = scan.local.take();
+                    drop(scan);
                     // Spread the waiters out so they do not retry in step.
                     let jitter = Duration::from_micros(u64::from(
                         Utc::now().timestamp_subsec_micros() % 5_000,
@@ -127,15 +155,11 @@ impl<'a> Scan<'a> {
                     tokio::time::sleep(pause + jitter).await;
                     pause = (pause * 2).min(Duration::from_millis(200));
                 }
-                Err(err) => return Err(store_error(classify(err))),
+                Err(err) => {
+                    scan.abandon().await;
+                    return Err(store_error(classify(err)));
+                }
             }
-        };
-        let mut scan = Scan {
-            shared,
-            _local: local,
-            channel,
-            letters: HashMap::new(),
-            held: BTreeSet::new(),
         };
         if let Err(err) = scan.read().await {
             scan.abandon().await;
@@ -260,6 +284,7 @@ impl<'a> Scan<'a> {
             )
             .await
             .map_err(|e| store_error(classify(e)))?;
+        self.done = true;
         let _ = self.channel.close(200, "done".into()).await;
         Ok(())
     }
@@ -268,17 +293,47 @@ impl<'a> Scan<'a> {
     /// lock is deleted from a new channel (if the connection is gone, the
     /// broker deleted it with the connection).
     async fn abandon(&mut self) {
-        let _ = self.channel.close(200, "abandoned".into()).await;
-        if let Some(conn) = self.shared.link.current().await
-            && let Ok(channel) = conn.create_channel().await
-        {
-            let _ = channel
-                .queue_delete(
-                    self.shared.link.names.lock.as_str().into(),
-                    QueueDeleteOptions::default(),
-                )
-                .await;
-            let _ = channel.close(200, "done".into()).await;
+        self.done = true;
+        unlock(
+            self.channel.clone(),
+            Arc::clone(&self.connection),
+            self.shared.link.names.lock.clone(),
+        )
+        .await;
+    }
+}
+
+/// Releases the lock after a failure or a cancelled operation: closing the
+/// channel gives back what it held; the lock is then deleted from another
+/// channel (if the connection is gone, the broker deleted it with it).
+async fn unlock(channel: Channel, connection: Arc<lapin::Connection>, lock: String) {
+    let _ = channel.close(200, "abandoned".into()).await;
+    if connection.status().connected()
+        && let Ok(channel) = connection.create_channel().await
+    {
+        let _ = channel
+            .queue_delete(lock.as_str().into(), QueueDeleteOptions::default())
+            .await;
+        let _ = channel.close(200, "done".into()).await;
+    }
+}
+
+impl Drop for Scan<'_> {
+    fn drop(&mut self) {
+        // Dropped half-way (the caller's future was cancelled): without
+        // this, the broker would keep the lock for as long as the connection
+        // lives, and every other process would wait on it.
+        if self.done {
+            return;
+        }
+        let (channel, connection) = (self.channel.clone(), Arc::clone(&self.connection));
+        let lock = self.shared.link.names.lock.clone();
+        let local = self.local.take();
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                unlock(channel, connection, lock).await;
+                drop(local);
+            });
         }
     }
 }

@@ -194,16 +194,6 @@ impl Link {
         args
     }
 
-    /// The current connection if it is up, without connecting.
-    pub(crate) async fn current(&self) -> Option<Arc<Connection>> {
-        let state = self.state.lock().await;
-        state
-            .connection
-            .as_ref()
-            .filter(|c| c.status().connected())
-            .cloned()
-    }
-
     /// A new channel on a live connection.
     pub(crate) async fn channel(&self) -> Result<Channel, TransportError> {
         let conn = self.connection().await?;

@@ -23,7 +23,7 @@ pub(crate) struct Shared {
     /// Serializes this process's dead-letter operations; the broker-side
     /// lock (see [`crate::dead_letters`]) serializes processes, but it is
     /// held per connection, so it cannot tell two tasks of one apart.
-    pub(crate) dead_letter_lock: tokio::sync::Mutex<()>,
+    pub(crate) dead_letter_lock: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// Herald's transport on RabbitMQ (AMQP 0-9-1).
@@ -70,7 +70,7 @@ impl AmqpTransport {
         let shared = Arc::new(Shared {
             link: Link::new(config),
             retry_queues: Mutex::new(HashMap::new()),
-            dead_letter_lock: tokio::sync::Mutex::new(()),
+            dead_letter_lock: Arc::new(tokio::sync::Mutex::new(())),
         });
         shared.link.connection().await?;
         Ok(Self { shared })

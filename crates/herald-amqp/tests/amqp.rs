@@ -629,3 +629,52 @@ async fn batches_in_flight_when_the_connection_drops_are_never_falsely_confirmed
     }
     consumer_bus.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_letter_operation_cut_short_leaves_no_lock_behind() {
+    let ns = support::namespace("dl-cancel");
+    let a = support::connect(&ns).await.broker_dead_letters();
+    let b = support::connect(&ns).await.broker_dead_letters();
+    let mut ids = Vec::new();
+    for n in 0..30 {
+        let recorded = a
+            .record(NewDeadLetter {
+                subscriber: "mailer".into(),
+                event: event("mail.queued", n),
+                reason: "down".into(),
+                errors: vec![AttemptError {
+                    attempt: 1,
+                    message: "down".into(),
+                    kind: ErrorKind::Handler,
+                    at: chrono::Utc::now(),
+                }],
+            })
+            .await
+            .expect("record");
+        ids.push(recorded.id);
+    }
+    // Cut `list` short at different points: before, while and after it
+    // takes the broker-side lock and the messages.
+    for micros in [0u64, 200, 500, 1_000, 2_000, 4_000, 8_000, 16_000] {
+        let _ = tokio::time::timeout(
+            Duration::from_micros(micros),
+            a.list(&DeadLetterQuery::default()),
+        )
+        .await;
+        // Another process gets the lock and sees every dead letter, well
+        // before it would give up waiting (20 s in these tests).
+        let listed =
+            tokio::time::timeout(Duration::from_secs(10), b.list(&DeadLetterQuery::default()))
+                .await
+                .unwrap_or_else(|_| panic!("the lock was left held after a cut at {micros} µs"))
+                .expect("list");
+        assert_eq!(listed.len(), ids.len(), "after a cut at {micros} µs");
+        // And so does this process.
+        let listed =
+            tokio::time::timeout(Duration::from_secs(10), a.list(&DeadLetterQuery::default()))
+                .await
+                .expect("this process is not blocked either")
+                .expect("list");
+        assert_eq!(listed.len(), ids.len());
+    }
+}
