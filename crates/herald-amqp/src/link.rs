@@ -119,8 +119,13 @@ impl Link {
         }
         state.publisher = None;
         if let Some(old) = state.connection.take() {
-            // The broker already ended it; this only frees the client side.
-            let _ = old.close(200, "reconnecting".into()).await;
+            // The broker already ended it; this only frees the client side,
+            // and a half-dead socket must not hold the reconnect up.
+            let _ = tokio::time::timeout(
+                Duration::from_secs(1),
+                old.close(200, "reconnecting".into()),
+            )
+            .await;
         }
         let deadline = Instant::now() + self.config.reconnect_timeout;
         let mut pause = self.config.reconnect_min;
