@@ -45,8 +45,11 @@ pub struct AmqpConfig {
     /// to be reachable again before it fails.
     pub reconnect_timeout: Duration,
     /// When set, subscriber queues and the dead-letter queue are deleted by
-    /// the broker after being unused this long (`x-expires`). Meant for
-    /// tests and throw-away environments; production queues keep it `None`.
+    /// the broker after being unused this long (`x-expires`), and the events
+    /// exchange is auto-deleted once its last queue is gone. Meant for tests
+    /// and throw-away environments; production keeps it `None`. Every
+    /// process of one prefix must agree on it (the broker refuses to declare
+    /// a queue again with other arguments).
     pub queue_expiry: Option<Duration>,
 }
 

@@ -177,7 +177,7 @@ impl Link {
         let props = ConnectionProperties::default().with_connection_name(LongString::from(name));
         let conn = Connection::connect(&self.config.url, props).await?;
         let channel = conn.create_channel().await?;
-        declare_exchange(&channel, &self.names.exchange).await?;
+        self.declare_exchange(&channel).await?;
         channel
             .queue_declare(
                 self.names.dead_letters.as_str().into(),
@@ -187,6 +187,24 @@ impl Link {
             .await?;
         let _ = channel.close(200, "declared".into()).await;
         Ok(conn)
+    }
+
+    /// Declares the events exchange: durable; auto-deleted with its last
+    /// binding when queues expire (see [`AmqpConfig::queue_expiry`]), so a
+    /// throw-away prefix leaves nothing behind.
+    async fn declare_exchange(&self, channel: &Channel) -> Result<(), lapin::Error> {
+        channel
+            .exchange_declare(
+                self.names.exchange.as_str().into(),
+                ExchangeKind::Topic,
+                ExchangeDeclareOptions {
+                    durable: true,
+                    auto_delete: self.config.queue_expiry.is_some(),
+                    ..ExchangeDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
     }
 
     /// Arguments of the queues that live as long as their application
@@ -221,9 +239,7 @@ impl Link {
             .map_err(classify)?;
         // A channel closed by the broker is usually a missing exchange
         // (deleted by hand, say): declaring it again heals that.
-        declare_exchange(&channel, &self.names.exchange)
-            .await
-            .map_err(classify)?;
+        self.declare_exchange(&channel).await.map_err(classify)?;
         state.publisher = Some(channel.clone());
         Ok(channel)
     }
@@ -345,18 +361,4 @@ pub(crate) fn durable() -> QueueDeclareOptions {
 
 pub(crate) fn millis(d: Duration) -> AMQPValue {
     AMQPValue::LongLongInt(i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-}
-
-async fn declare_exchange(channel: &Channel, name: &str) -> Result<(), lapin::Error> {
-    channel
-        .exchange_declare(
-            name.into(),
-            ExchangeKind::Topic,
-            ExchangeDeclareOptions {
-                durable: true,
-                ..ExchangeDeclareOptions::default()
-            },
-            FieldTable::default(),
-        )
-        .await
 }
