@@ -66,10 +66,11 @@
 //!
 //! # Ordering
 //!
-//! RabbitMQ keeps a queue's order, so one consumer (one process, the
-//! subscriber's concurrency at 1) with no retries sees each stream's events
-//! in publish order. With several consumers of one queue, or a concurrency
-//! above one, or once a delivery is retried (it comes back behind later
+//! RabbitMQ keeps a queue's order, so a subscriber run by one process
+//! (one consumer of its queue) sees each stream's events in publish order
+//! as long as nothing is retried; the bus keeps a stream on one lane
+//! whatever the subscriber's concurrency. With several processes consuming
+//! one queue, or once a delivery is retried (it comes back behind later
 //! events) or given back, there is no order: subscribers must not depend
 //! on it.
 //!
