@@ -3,7 +3,8 @@
 //! same run, on the broker of `HERALD_AMQP_URL`.
 //!
 //! `cargo bench -p herald-amqp --bench amqp` (`HERALD_BENCH_EVENTS`,
-//! `HERALD_BENCH_ROUNDS` change the size).
+//! `HERALD_BENCH_ROUNDS` change the size; `HERALD_BENCH_ONLY=raw` or
+//! `herald` runs one side, to profile it or measure its CPU time).
 //!
 //! Both sides do the same broker work: persistent messages to a durable
 //! topic exchange bound to one durable queue, published in batches of
