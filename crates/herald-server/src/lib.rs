@@ -32,7 +32,9 @@ pub use crate::problem::Problem;
 pub use crate::server::{ServeError, Server};
 
 /// Work done once the state is built, before the first request: resumes
-/// the webhook subscribers kept in the store.
+/// the webhook subscribers kept in the store, and follows the changes that
+/// other servers on the same store make to them.
 pub(crate) async fn startup(state: &AppState) {
     webhooks::resume(state).await;
+    webhooks::follow(state.clone());
 }

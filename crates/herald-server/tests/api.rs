@@ -567,6 +567,25 @@ async fn dead_letters_are_listed_retried_and_discarded() {
     assert_eq!(none["dead_letters"], json!([]));
     let (_, by_type) = f.get("/api/dead-letters?type=invoice.*&limit=1").await;
     assert_eq!(by_type["dead_letters"].as_array().unwrap().len(), 1);
+    // Paging: the full first page points at the second, which is the last.
+    assert_eq!(by_type["dead_letters"][0]["id"], letters[0]["id"]);
+    let next = by_type["next"].as_str().expect("a cursor").to_owned();
+    let (_, second_page) = f
+        .get(&format!(
+            "/api/dead-letters?type=invoice.*&limit=1&after={next}"
+        ))
+        .await;
+    assert_eq!(second_page["dead_letters"][0]["id"], letters[1]["id"]);
+    let last = second_page["next"]
+        .as_str()
+        .expect("a full page has a cursor");
+    let (_, empty) = f
+        .get(&format!("/api/dead-letters?limit=1&after={last}"))
+        .await;
+    assert_eq!(empty["dead_letters"], json!([]));
+    assert_eq!(empty["next"], Value::Null);
+    let (status, bad) = f.get("/api/dead-letters?after=yesterday").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}");
 
     let first = letters[0]["id"].as_str().unwrap().to_owned();
     let second = letters[1]["id"].as_str().unwrap().to_owned();

@@ -858,3 +858,44 @@ async fn on_postgres_a_subscription_delivers_and_resumes_after_a_restart() {
     assert_signed(&arrival, "pg-secret");
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn servers_on_one_store_follow_each_others_subscriptions() {
+    let url = std::env::var("HERALD_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
+    let schema = pg_schema();
+    let open = || async {
+        Backend::open(&url, &schema)
+            .await
+            .unwrap_or_else(|e| panic!("PostgreSQL is not reachable at {url}: {e}"))
+    };
+    let one = Server::start_on(open().await, config()).await.unwrap();
+    let two = Server::start_on(open().await, config()).await.unwrap();
+    let mut receiver = Receiver::start().await;
+    Api::new(&one)
+        .subscribe(json!({"name": "shared", "topics": ["cart.*"], "url": receiver.url}))
+        .await;
+    let other = Api::new(&two);
+    eventually("the second server runs the subscription", || async {
+        let (status, view) = other.get("/subscriptions/shared").await;
+        (status == StatusCode::OK && view["running"] == true).then_some(())
+    })
+    .await;
+    // Only the second server sees this event published (on its bus), yet
+    // both run the subscriber: it reaches the receiver.
+    let event = publish(&two, "cart.checked_out", json!({"cart": 1})).await;
+    assert_is(&receiver.next().await, &event);
+
+    let (status, _) = Api::new(&one).delete("/subscriptions/shared").await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    eventually("the second server stopped the subscription", || async {
+        two.state()
+            .bus
+            .subscriber("webhook:shared")
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    one.shutdown().await;
+    two.shutdown().await;
+}

@@ -23,6 +23,7 @@ macro_rules! dead_letter_conformance {
             lists_oldest_first_with_filters_and_a_limit,
             gets_and_removes_dead_letters,
             counts_dead_letters_per_subscriber,
+            pages_through_dead_letters_after_a_cursor,
         );
     };
 }
@@ -316,4 +317,37 @@ pub async fn subscribers(store: &impl DeadLetterStore) -> Vec<String> {
         .into_iter()
         .map(|l| l.subscriber)
         .collect()
+}
+
+/// `DeadLetterQuery::after` continues a listing after a page's last dead
+/// letter: the pages together list each dead letter once, in order.
+pub async fn pages_through_dead_letters_after_a_cursor<D: DeadLetterStore>(store: D) {
+    let start = Utc::now() - chrono::Duration::minutes(10);
+    let mut recorded = Vec::new();
+    for n in 0..5u64 {
+        let at = start + chrono::Duration::seconds(i64::try_from(n).unwrap_or(0));
+        let letter = store
+            .record(letter(
+                "pager",
+                &event("order.created", n),
+                attempts(1, &["boom"], at),
+            ))
+            .await
+            .expect("record");
+        recorded.push(letter.id);
+    }
+    let mut query = DeadLetterQuery::default().subscriber("pager").limit(2);
+    let mut paged = Vec::new();
+    let mut pages = 0;
+    loop {
+        let page = store.list(&query).await.expect("list a page");
+        assert!(page.len() <= 2);
+        let Some(last) = page.last() else { break };
+        query = query.after(last);
+        paged.extend(page.iter().map(|l| l.id));
+        pages += 1;
+        assert!(pages <= 3, "more pages than dead letters allow");
+    }
+    assert_eq!(pages, 3);
+    assert_eq!(paged, recorded);
 }

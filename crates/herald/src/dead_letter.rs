@@ -78,6 +78,10 @@ pub struct DeadLetterQuery {
     pub failed_until: Option<DateTime<Utc>>,
     /// At most this many, oldest first.
     pub limit: Option<usize>,
+    /// Only dead letters after this key in listing order, the key of a
+    /// page's last dead letter: its first failure time and id (see
+    /// [`after`](Self::after)).
+    pub after: Option<(DateTime<Utc>, Uuid)>,
 }
 
 impl DeadLetterQuery {
@@ -117,6 +121,28 @@ impl DeadLetterQuery {
         self
     }
 
+    /// Only the dead letters listed after `letter`: the next page after a
+    /// page that ended with it. Paging stays stable while dead letters are
+    /// added, retried or discarded.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// use herald::{DeadLetterQuery, DeadLetterStore, MemoryDeadLetterStore};
+    ///
+    /// let store = MemoryDeadLetterStore::new();
+    /// let mut query = DeadLetterQuery::default().limit(50);
+    /// loop {
+    ///     let page = store.list(&query).await.unwrap();
+    ///     let Some(last) = page.last() else { break };
+    ///     query = query.after(last);
+    /// }
+    /// # }
+    /// ```
+    pub fn after(mut self, letter: &DeadLetter) -> Self {
+        self.after = Some((letter.first_failed_at, letter.id));
+        self
+    }
+
     /// Whether `letter` passes the filters (not the limit). Stores that
     /// cannot filter in their query language filter with this.
     pub fn matches(&self, letter: &DeadLetter) -> bool {
@@ -133,6 +159,9 @@ impl DeadLetterQuery {
                 .is_none_or(|text| letter.errors.iter().any(|e| e.message.contains(text)))
             && self.failed_since.is_none_or(|t| letter.last_failed_at >= t)
             && self.failed_until.is_none_or(|t| letter.last_failed_at < t)
+            && self
+                .after
+                .is_none_or(|key| (letter.first_failed_at, letter.id) > key)
     }
 }
 
@@ -247,8 +276,13 @@ impl DeadLetterStore for MemoryDeadLetterStore {
 
     async fn list(&self, query: &DeadLetterQuery) -> Result<Vec<DeadLetter>, DeadLetterError> {
         let g = self.lock();
+        let from = match query.after {
+            Some(key) => std::ops::Bound::Excluded(key),
+            None => std::ops::Bound::Unbounded,
+        };
         Ok(g.order
-            .keys()
+            .range((from, std::ops::Bound::Unbounded))
+            .map(|(key, ())| key)
             .filter_map(|(_, id)| g.by_id.get(id))
             .filter(|l| query.matches(l))
             .take(query.limit.unwrap_or(usize::MAX))

@@ -5,7 +5,7 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::response::IntoResponse;
 use chrono::{DateTime, Utc};
-use herald::{DeadLetterQuery, RetryOutcome, TopicPattern};
+use herald::{DeadLetter, DeadLetterQuery, RetryOutcome, TopicPattern};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use uuid::Uuid;
@@ -26,6 +26,8 @@ pub(crate) struct Filters {
     since: Option<DateTime<Utc>>,
     until: Option<DateTime<Utc>>,
     limit: Option<usize>,
+    /// A page's `next`: where the listing goes on.
+    after: Option<String>,
 }
 
 impl Filters {
@@ -42,6 +44,9 @@ impl Filters {
         if let Some(error) = self.error.filter(|s| !s.is_empty()) {
             query = query.error(error);
         }
+        if let Some(cursor) = self.after.filter(|s| !s.is_empty()) {
+            query.after = Some(parse_cursor(&cursor)?);
+        }
         let limit = self.limit.unwrap_or(DEFAULT_LIMIT);
         if limit == 0 || limit > MAX_LIMIT {
             return Err(Problem::bad_request(format!(
@@ -50,6 +55,31 @@ impl Filters {
         }
         Ok(query.limit(limit))
     }
+}
+
+/// A page's cursor: its last dead letter's first failure (microseconds)
+/// and id, the key dead letters are listed by.
+fn cursor(letter: &DeadLetter) -> String {
+    format!(
+        "{}_{}",
+        letter.first_failed_at.timestamp_micros(),
+        letter.id
+    )
+}
+
+fn parse_cursor(raw: &str) -> Result<(DateTime<Utc>, Uuid), Problem> {
+    let bad = || {
+        Problem::bad_request(format!(
+            "after {raw:?} is not a cursor: pass the `next` of the page before"
+        ))
+    };
+    let (micros, id) = raw.split_once('_').ok_or_else(bad)?;
+    let at = micros
+        .parse::<i64>()
+        .ok()
+        .and_then(DateTime::from_timestamp_micros)
+        .ok_or_else(bad)?;
+    Ok((at, id.parse().map_err(|_| bad())?))
 }
 
 fn letter_id(raw: &str) -> Result<Uuid, Problem> {
@@ -62,8 +92,14 @@ pub(crate) async fn list(
     State(state): State<AppState>,
     Query(filters): Query<Filters>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let letters = state.bus.dead_letters(&filters.query()?).await?;
-    Ok(Json(json!({ "dead_letters": letters })))
+    let query = filters.query()?;
+    let letters = state.bus.dead_letters(&query).await?;
+    // A full page may have a next one; a short page is the last.
+    let next = match (letters.last(), query.limit) {
+        (Some(last), Some(limit)) if letters.len() >= limit => Some(cursor(last)),
+        _ => None,
+    };
+    Ok(Json(json!({ "dead_letters": letters, "next": next })))
 }
 
 /// `GET /api/dead-letters/{id}`.
@@ -80,6 +116,7 @@ fn outcome(outcome: RetryOutcome) -> Value {
         RetryOutcome::Failed { error, dead_letter } => {
             json!({ "outcome": "failed", "error": error, "dead_letter": dead_letter })
         }
+        RetryOutcome::Redelivered => json!({ "outcome": "redelivered" }),
         other => json!({ "outcome": format!("{other:?}").to_lowercase() }),
     }
 }

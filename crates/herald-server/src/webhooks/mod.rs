@@ -112,10 +112,13 @@
 //!
 //! # Several servers on one store
 //!
-//! Each server resumes every subscription at startup; changes made through
-//! one server reach the others at their next start. Two servers running the
-//! same subscription share its checkpoint and may both deliver an event,
-//! which at-least-once delivery allows; run the webhooks on one of them.
+//! Each server resumes every subscription at startup, then follows the
+//! definitions stream: a subscription created or deleted through one server
+//! starts or stops on the others within [`FOLLOW_EVERY`], and an enable or a
+//! disable reaches them through the subscriber's saved state. Two servers
+//! running the same subscription share its checkpoint and may both deliver
+//! an event, which at-least-once delivery allows; run the webhooks on one of
+//! them.
 
 mod definition;
 mod delivery;
@@ -166,8 +169,11 @@ pub(crate) fn is_system_event(event_type: &str) -> bool {
 
 /// The bus subscriber of subscription `name`: also the name of its
 /// checkpoint and of its dead letters' subscriber.
+/// What a webhook subscription's subscriber name starts with.
+const PREFIX: &str = "webhook:";
+
 fn subscriber_name(name: &str) -> String {
-    format!("webhook:{name}")
+    format!("{PREFIX}{name}")
 }
 
 /// The subscription routes, under `/api`.
@@ -183,6 +189,89 @@ pub(crate) fn routes() -> Router<AppState> {
 /// Starts the webhook subscribers kept in the store, each from its
 /// checkpoint. A subscription that cannot start is logged and left out;
 /// the others start.
+/// How often a server looks for subscriptions created or deleted through
+/// another server on the same store: one read of a stream's version.
+pub(crate) const FOLLOW_EVERY: Duration = Duration::from_secs(1);
+
+/// Follows changes made through other servers until the server closes; see
+/// "Several servers on one store" above.
+pub(crate) fn follow(state: AppState) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut closing = state.closing();
+        let mut seen = None;
+        loop {
+            tokio::select! {
+                _ = closing.wait_for(|c| *c) => return,
+                () = tokio::time::sleep(FOLLOW_EVERY) => {}
+            }
+            let version = match state.backend.events().stream_info(&store::stream()).await {
+                Ok(info) => info.map(|i| i.version),
+                Err(err) => {
+                    tracing::warn!(error = %err, "cannot read the webhook definitions' version");
+                    continue;
+                }
+            };
+            if seen != Some(version) {
+                reconcile(&state).await;
+                seen = Some(version);
+            }
+        }
+    })
+}
+
+/// Starts the enabled subscriptions this server does not run, and stops
+/// those deleted.
+async fn reconcile(state: &AppState) {
+    let _changes = CHANGES.lock().await;
+    let folded = match store::fold(&*state.backend.events()).await {
+        Ok(folded) => folded,
+        Err(err) => {
+            tracing::warn!(error = %err, "cannot read the webhook subscriptions");
+            return;
+        }
+    };
+    let running: Vec<String> = state
+        .bus
+        .subscribers()
+        .into_iter()
+        .map(|s| s.name)
+        .filter(|n| n.starts_with(PREFIX))
+        .collect();
+    for name in &running {
+        let gone = !folded.subscriptions.contains_key(&name[PREFIX.len()..]);
+        if gone && state.bus.unsubscribe(name).await.is_ok() {
+            tracing::info!(subscriber = %name, "webhook subscription deleted elsewhere; stopped here");
+        }
+    }
+    let to_start: Vec<&Stored> = folded
+        .subscriptions
+        .values()
+        .filter(|s| s.enabled)
+        .filter(|s| !running.contains(&subscriber_name(&s.created.definition.name)))
+        .collect();
+    if to_start.is_empty() {
+        return;
+    }
+    let sealer = match Sealer::load_or_create(&*state.backend.checkpoints()).await {
+        Ok(sealer) => sealer,
+        Err(err) => {
+            tracing::warn!(error = %err, "cannot load the webhook key");
+            return;
+        }
+    };
+    for stored in to_start {
+        let name = &stored.created.definition.name;
+        match resume_one(state, &sealer, stored).await {
+            Ok(()) => {
+                tracing::info!(subscription = %name, "webhook subscription created elsewhere; started here")
+            }
+            Err(err) => {
+                tracing::warn!(subscription = %name, error = %err, "webhook subscription not started")
+            }
+        }
+    }
+}
+
 pub(crate) async fn resume(state: &AppState) {
     let _changes = CHANGES.lock().await;
     let folded = match store::fold(&*state.backend.events()).await {

@@ -66,7 +66,7 @@ struct Named {
     name: String,
 }
 
-fn stream() -> StreamName {
+pub(crate) fn stream() -> StreamName {
     // A constant name of allowed characters.
     StreamName::new(STREAM).unwrap_or_else(|e| unreachable!("{e}"))
 }

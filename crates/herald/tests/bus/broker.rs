@@ -42,7 +42,10 @@ async fn a_broker_subscriber_needs_a_transport_and_a_positive_prefetch() {
                 .mode(DeliveryMode::Broker),
         )
         .unwrap_err();
-    assert!(matches!(err, SubscribeError::NoTransport(ref name) if name == "remote"), "{err}");
+    assert!(
+        matches!(err, SubscribeError::NoTransport(ref name) if name == "remote"),
+        "{err}"
+    );
 
     let bus = Bus::builder()
         .transport(Arc::new(MemoryTransport::new()))
@@ -68,7 +71,10 @@ async fn publish_fails_without_the_brokers_confirmation_and_no_local_subscriber_
     broker.close().await.unwrap();
     let err = bus.publish("order.created", json!({})).await.unwrap_err();
     assert!(matches!(err, PublishError::Transport(_)), "{err}");
-    assert!(rx.try_recv().is_err(), "the local subscriber saw an unconfirmed event");
+    assert!(
+        rx.try_recv().is_err(),
+        "the local subscriber saw an unconfirmed event"
+    );
 }
 
 #[tokio::test]
@@ -116,7 +122,10 @@ async fn a_skip_is_acknowledged_and_a_stop_gives_the_event_back_and_stops_the_su
     bus.publish("order.ignored", json!({})).await.unwrap();
     bus.publish("order.broken", json!({})).await.unwrap();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while !matches!(bus.subscriber("picky").unwrap().state, SubscriberState::Stopped { .. }) {
+    while !matches!(
+        bus.subscriber("picky").unwrap().state,
+        SubscriberState::Stopped { .. }
+    ) {
         assert!(tokio::time::Instant::now() < deadline, "never stopped");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
@@ -125,7 +134,10 @@ async fn a_skip_is_acknowledged_and_a_stop_gives_the_event_back_and_stops_the_su
     // The stopping event went back to the group, for a fixed subscriber.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while broker.queued("picky") != 1 {
-        assert!(tokio::time::Instant::now() < deadline, "the event was not given back");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the event was not given back"
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let letters = bus.dead_letters(&Default::default()).await.unwrap();
@@ -170,7 +182,11 @@ async fn the_inbox_ledger_drops_a_broker_redelivery_of_the_same_event() {
         .unwrap();
     bus.publish("order.next", json!({})).await.unwrap();
     assert_eq!(recv(&mut rx).await.event_type(), "order.next");
-    assert_eq!(calls.load(Ordering::SeqCst), 2, "the duplicate reached the handler");
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        2,
+        "the duplicate reached the handler"
+    );
     assert_eq!(recv(&mut seen).await.id(), first.id());
     bus.shutdown().await;
 }

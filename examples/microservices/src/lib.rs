@@ -1,0 +1,83 @@
+//! What the three services of the microservices example share: how they
+//! reach PostgreSQL and the broker.
+//!
+//! See the README next to this crate for how to run them.
+
+use std::error::Error;
+use std::sync::Arc;
+
+use herald::transport::Transport;
+use herald_amqp::{AmqpConfig, AmqpTransport};
+use herald_nats::{NatsConfig, NatsTransport};
+use herald_postgres::{PgConfig, PgStore};
+
+/// Errors of the example's programs.
+pub type Result<T> = std::result::Result<T, Box<dyn Error + Send + Sync>>;
+
+/// Which broker carries the events between the services.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Broker {
+    /// RabbitMQ, at `HERALD_AMQP_URL`.
+    Amqp,
+    /// NATS with JetStream, at `HERALD_NATS_URL`.
+    Nats,
+}
+
+/// The settings every service takes.
+#[derive(Clone, Debug, clap::Args)]
+pub struct Common {
+    /// The broker between the services.
+    #[arg(long, value_enum, default_value = "amqp")]
+    pub broker: Broker,
+    /// Names on the broker start with this, so that several runs can share
+    /// one broker.
+    #[arg(long, default_value = "shop")]
+    pub prefix: String,
+    /// The PostgreSQL database of the orders service and of the
+    /// subscribers' inbox ledger.
+    #[arg(
+        long,
+        env = "HERALD_EXAMPLE_POSTGRES_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/test"
+    )]
+    pub postgres: String,
+    /// The PostgreSQL schema the example's tables live in.
+    #[arg(long, default_value = "shop")]
+    pub schema: String,
+}
+
+impl Common {
+    /// Connects to the chosen broker.
+    pub async fn transport(&self) -> Result<Arc<dyn Transport>> {
+        Ok(match self.broker {
+            Broker::Amqp => {
+                let url = std::env::var("HERALD_AMQP_URL")
+                    .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned());
+                Arc::new(AmqpTransport::connect(AmqpConfig::new(url).prefix(&self.prefix)).await?)
+            }
+            Broker::Nats => {
+                let url = std::env::var("HERALD_NATS_URL")
+                    .unwrap_or_else(|_| "nats://127.0.0.1:4222".to_owned());
+                Arc::new(NatsTransport::connect(NatsConfig::new(url).prefix(&self.prefix)).await?)
+            }
+        })
+    }
+
+    /// Opens the event store (creating its tables on first use).
+    pub async fn store(&self) -> Result<Arc<PgStore>> {
+        Ok(Arc::new(
+            PgStore::connect(PgConfig::new(&self.postgres).schema(&self.schema)).await?,
+        ))
+    }
+}
+
+/// Logs to stderr, at the level `RUST_LOG` gives (warnings by default), so
+/// that stdout carries only what the service says it did.
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
