@@ -102,7 +102,9 @@ async fn main() {
     // producer has them from the publish above.
     producer
         .send(
-            FutureRecord::to(&raw_topic).key("warm-up").payload(&body[..]),
+            FutureRecord::to(&raw_topic)
+                .key("warm-up")
+                .payload(&body[..]),
             Duration::from_secs(30),
         )
         .await
@@ -222,7 +224,10 @@ async fn main() {
             eprintln!("  herald consumer: {handled} of {n} handled");
             last = (handled, Instant::now());
         }
-        assert!(Instant::now() < deadline, "herald consumed {handled} of {n} in 5 minutes");
+        assert!(
+            Instant::now() < deadline,
+            "herald consumed {handled} of {n} in 5 minutes"
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let herald_consume = rate(n, first.get().unwrap().elapsed());
