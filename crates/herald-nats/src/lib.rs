@@ -226,10 +226,7 @@ const NAME: &str = "nats";
 
 /// Header names: how an event's fields and a dead letter's travel.
 pub mod headers {
-    pub use crate::codec::{
-        CAUSATION_ID, CORRELATION_ID, HEADERS, ID, MSG_ID, ORIGIN_STREAM, ORIGIN_VERSION,
-        PAYLOAD_OBJECT, POSITION, RECORDED_AT, STREAM, TYPE, VERSION,
-    };
+    pub use crate::codec::{ENVELOPE, ENVELOPE_VERSION, MSG_ID, PAYLOAD_OBJECT};
     pub use crate::dead_letters::{
         ATTEMPTS, DEAD_LETTER_ID, ERRORS, FIRST_FAILED_AT, LAST_ERROR, SUBSCRIBER,
     };

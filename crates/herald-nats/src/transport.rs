@@ -281,7 +281,7 @@ impl NatsTransport {
                         .put(&name, payload)
                         .await
                         .map_err(|e| not_confirmed(*event_id, &e))?;
-                    headers.insert(codec::PAYLOAD_OBJECT, name);
+                    codec::set_payload_object(headers, &name);
                     *payload = bytes::Bytes::new();
                 }
             }
@@ -399,6 +399,7 @@ impl Transport for NatsTransport {
             streams,
             pending: None,
             missed: 0,
+            types: None,
         }))
     }
 
@@ -411,7 +412,7 @@ impl Transport for NatsTransport {
         let token = names::subscriber_token(subscriber)?;
         // The event id is in the duplicate window from its first publish;
         // a redelivery is a new message, not deduplicated.
-        let headers = codec::headers_of(event, false);
+        let headers = codec::headers_of(event, codec::Route::Redelivery);
         let subject = self.inner.names.redelivery_subject(&token);
         self.publish_messages(vec![(
             event.id(),
@@ -513,6 +514,9 @@ struct NatsConsumer {
     pending: Option<(Source, jetstream::Message)>,
     /// Heartbeats missed in a row.
     missed: u32,
+    /// The event type decoded last, reused for the next message of that
+    /// type.
+    types: Option<herald::EventType>,
 }
 
 /// Missed heartbeats in a row (five seconds apart) after which a consumer
@@ -520,19 +524,16 @@ struct NatsConsumer {
 const MAX_MISSED_HEARTBEATS: u32 = 3;
 
 impl NatsConsumer {
-    /// The delivery of a message with its payload; `None` for a message
-    /// this consumer settles itself (not an event, or not for it).
+    /// The delivery of a message whose event was decoded (or not); `None`
+    /// for a message this consumer settles itself (not an event, or not
+    /// for it).
     async fn deliver(
         &mut self,
         source: Source,
         message: jetstream::Message,
-        payload: &bytes::Bytes,
+        decoded: Result<RecordedEvent, TransportError>,
     ) -> Option<Delivery> {
-        let attempt = message
-            .info()
-            .map(|i| u32::try_from(i.delivered).unwrap_or(1))
-            .unwrap_or(1);
-        let event = match codec::decode_event(message.headers.as_ref(), payload) {
+        let event = match decoded {
             Ok(event) => event,
             Err(err) => {
                 // Not a Herald event: delivering it again would fail the
@@ -547,6 +548,10 @@ impl NatsConsumer {
                 return None;
             }
         };
+        let attempt = message
+            .info()
+            .map(|i| u32::try_from(i.delivered).unwrap_or(1))
+            .unwrap_or(1);
         if let Source::Filter(index) = source {
             debug_assert!(message.subject.as_str().starts_with(&self.root));
             if !self.takes(index, &event) {
@@ -622,40 +627,53 @@ impl Consumer for NatsConsumer {
                     }
                 }
             };
-            let object = message
-                .headers
-                .as_ref()
-                .and_then(|h| codec::find(h, codec::PAYLOAD_OBJECT))
-                .map(str::to_owned);
-            let payload = match object {
-                None => message.payload.clone(),
-                Some(name) => {
-                    self.pending = Some((source, message));
-                    let fetched = self.transport.inner.payloads.get(&name).await;
-                    let Some((_, message)) = self.pending.take() else {
-                        continue;
-                    };
-                    let payload = match fetched {
-                        Ok(payload) => payload,
-                        Err(err) => {
-                            tracing::warn!(
-                                subscriber = %self.spec.name,
-                                object = %name,
-                                error = %err,
-                                "could not fetch a large payload; the event comes back after the ack wait"
-                            );
-                            let pause = self.transport.inner.config.ack_wait;
-                            let _ = message.ack_with(jetstream::AckKind::Nak(Some(pause))).await;
-                            continue;
-                        }
-                    };
-                    if let Some(delivery) = self.deliver(source, message, &payload).await {
-                        return Ok(delivery);
-                    }
+            // Most messages carry their payload: decoded at once, from
+            // the envelope borrowed from the message. One whose payload is
+            // in the object store is kept in `pending` while it is fetched.
+            let (decoded, object) = match codec::Envelope::parse(message.headers.as_ref()) {
+                Ok(envelope) => match envelope.payload_object() {
+                    None => (
+                        Some(envelope.into_event(
+                            message.subject.as_str(),
+                            &message.payload,
+                            &mut self.types,
+                        )),
+                        None,
+                    ),
+                    Some(name) => (None, Some(name.to_owned())),
+                },
+                Err(err) => (Some(Err(err)), None),
+            };
+            if let Some(decoded) = decoded {
+                if let Some(delivery) = self.deliver(source, message, decoded).await {
+                    return Ok(delivery);
+                }
+                continue;
+            }
+            let Some(name) = object else { continue };
+            self.pending = Some((source, message));
+            let fetched = self.transport.inner.payloads.get(&name).await;
+            let Some((_, message)) = self.pending.take() else {
+                continue;
+            };
+            let payload = match fetched {
+                Ok(payload) => payload,
+                Err(err) => {
+                    tracing::warn!(
+                        subscriber = %self.spec.name,
+                        object = %name,
+                        error = %err,
+                        "could not fetch a large payload; the event comes back after the ack wait"
+                    );
+                    let pause = self.transport.inner.config.ack_wait;
+                    let _ = message.ack_with(jetstream::AckKind::Nak(Some(pause))).await;
                     continue;
                 }
             };
-            if let Some(delivery) = self.deliver(source, message, &payload).await {
+            let decoded = codec::Envelope::parse(message.headers.as_ref()).and_then(|envelope| {
+                envelope.into_event(message.subject.as_str(), &payload, &mut self.types)
+            });
+            if let Some(delivery) = self.deliver(source, message, decoded).await {
                 return Ok(delivery);
             }
         }
