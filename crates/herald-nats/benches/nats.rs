@@ -3,7 +3,9 @@
 //! a broker subscriber on a bus, in the same run.
 //!
 //! `cargo bench -p herald-nats --bench nats` (`HERALD_NATS_URL` for another
-//! server; `HERALD_BENCH_EVENTS` for another count).
+//! server; `HERALD_BENCH_EVENTS`, `HERALD_BENCH_ROUNDS` change the size;
+//! `HERALD_BENCH_ONLY=raw`, `raw-headers` or `herald` runs one case, to
+//! profile it).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -215,10 +217,24 @@ async fn main() {
     // median of those.
     let (mut raws, mut raws_h, mut heralds, mut ratios, mut ratios_h) =
         (vec![], vec![], vec![], vec![], vec![]);
+    let only = std::env::var("HERALD_BENCH_ONLY").unwrap_or_default();
+    let runs = |case: &str| only.is_empty() || only == case;
     for round in 1..=rounds {
-        let r = raw(n, false).await;
-        let rh = raw(n, true).await;
-        let h = herald(n).await;
+        let r = if runs("raw") {
+            raw(n, false).await
+        } else {
+            f64::NAN
+        };
+        let rh = if runs("raw-headers") {
+            raw(n, true).await
+        } else {
+            f64::NAN
+        };
+        let h = if runs("herald") {
+            herald(n).await
+        } else {
+            f64::NAN
+        };
         println!(
             "round {round}: raw async-nats {r:>8.0} events/s | raw with herald's headers {rh:>8.0} events/s | herald {h:>8.0} events/s | overhead {:>5.1}% (vs same headers {:>5.1}%)",
             (r / h - 1.0) * 100.0,

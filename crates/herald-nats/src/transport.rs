@@ -251,7 +251,12 @@ impl NatsTransport {
     /// Publishes messages, all sent before any ack is awaited.
     async fn publish_messages(
         &self,
-        messages: Vec<(herald::EventId, String, async_nats::HeaderMap, bytes::Bytes)>,
+        messages: Vec<(
+            herald::EventId,
+            async_nats::Subject,
+            async_nats::HeaderMap,
+            bytes::Bytes,
+        )>,
     ) -> Result<(), TransportError> {
         let max = self.inner.client.server_info().max_payload;
         // Checked before anything is sent, so a batch with one event whose
@@ -334,12 +339,27 @@ impl Transport for NatsTransport {
 
     async fn publish(&self, events: &[RecordedEvent]) -> Result<(), TransportError> {
         self.check_open()?;
+        // A batch mostly holds a few event types: a subject is built once
+        // per run of one type, and shared (a subject clones by reference).
+        let mut last: Option<(&str, async_nats::Subject)> = None;
         let messages = events
             .iter()
             .map(|event| {
+                let subject = match &last {
+                    Some((event_type, subject)) if *event_type == event.event_type() => {
+                        subject.clone()
+                    }
+                    _ => {
+                        let subject = async_nats::Subject::from(
+                            self.inner.names.event_subject(event.event_type()),
+                        );
+                        last = Some((event.event_type(), subject.clone()));
+                        subject
+                    }
+                };
                 (
                     event.id(),
-                    self.inner.names.event_subject(event.event_type()),
+                    subject,
                     codec::event_headers(event),
                     event.data().to_bytes(),
                 )
@@ -416,7 +436,7 @@ impl Transport for NatsTransport {
         let subject = self.inner.names.redelivery_subject(&token);
         self.publish_messages(vec![(
             event.id(),
-            subject,
+            subject.into(),
             headers,
             event.data().to_bytes(),
         )])
@@ -719,7 +739,14 @@ impl Drop for NatsAcker {
 #[async_trait]
 impl Acker for NatsAcker {
     async fn ack(mut self: Box<Self>) -> Result<(), TransportError> {
-        self.send(jetstream::AckKind::Ack).await
+        // An empty reply is an ack, as `+ACK` is, in fewer bytes.
+        let Some(message) = self.message.take() else {
+            return Ok(());
+        };
+        message
+            .ack()
+            .await
+            .map_err(|e| TransportError::connection(NAME, e))
     }
 
     async fn retry(

@@ -616,3 +616,38 @@ async fn a_cancelled_next_loses_no_message() {
             .collect()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_without_a_valid_envelope_is_dropped_and_the_next_event_delivered() {
+    let ns = namespace("malformed");
+    let _cleanup = common::Cleanup(ns.clone());
+    let transport = common::connect(&common::url(), &ns).await;
+    let bus = broker_bus(&transport).await;
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    subscribe(&bus, Subscriber::new("m", forward(tx)).topic("order.*")).await;
+
+    let subject = format!("{}.ev.order.placed", herald_nats::sanitize_prefix(&ns));
+    let js = transport.jetstream();
+    // No envelope at all, then an envelope of an unknown format version.
+    js.publish(subject.clone(), "{}".into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert(herald_nats::headers::ENVELOPE, "9 t=1");
+    js.publish_with_headers(subject, headers, "{}".into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let good = event("order.placed", 1);
+    transport
+        .publish(std::slice::from_ref(&good))
+        .await
+        .unwrap();
+
+    assert_eq!(receive(&mut rx, 1).await[0].id(), good.id());
+    nothing_more(&mut rx, Duration::from_millis(300)).await;
+    bus.shutdown().await;
+}
