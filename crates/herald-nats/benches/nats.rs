@@ -4,8 +4,9 @@
 //!
 //! `cargo bench -p herald-nats --bench nats` (`HERALD_NATS_URL` for another
 //! server; `HERALD_BENCH_EVENTS`, `HERALD_BENCH_ROUNDS` change the size;
-//! `HERALD_BENCH_ONLY=raw`, `raw-headers` or `herald` runs one case, to
-//! profile it).
+//! `HERALD_BENCH_ONLY` takes a comma-separated list of cases among `raw`,
+//! `raw-headers`, `raw-body` and `herald`, to profile one, or to measure
+//! `raw-body`, which the default run leaves out).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -66,13 +67,24 @@ fn event(n: usize) -> RecordedEvent {
     })
 }
 
+/// What a raw message carries besides its `Nats-Msg-Id`.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Layout {
+    /// The JSON payload alone.
+    Bare,
+    /// The headers Herald sends (`Nats-Msg-Id` and the `Herald` envelope).
+    HeraldHeaders,
+    /// Herald's envelope line as the payload's first line, before the JSON:
+    /// the alternative to a header, measured on request (`raw-body`).
+    EnvelopeInBody,
+}
+
 /// Raw async-nats: the same stream layout, `Nats-Msg-Id` per message, the
 /// same pipelining (a batch sent, then its acks awaited), a durable pull
-/// consumer acking each message. With `with_headers`, each message
-/// carries the headers Herald sends instead (`Nats-Msg-Id` and the one-line
-/// `Herald` envelope, built before the clock starts), to tell the cost of
-/// the headers from the cost of Herald's code.
-async fn raw(n: usize, with_headers: bool) -> f64 {
+/// consumer acking each message. With [`Layout::HeraldHeaders`], each
+/// message carries the headers Herald sends instead (built before the clock
+/// starts), to tell the cost of the headers from the cost of Herald's code.
+async fn raw(n: usize, layout: Layout) -> f64 {
     let client = async_nats::connect(url()).await.expect("connect to NATS");
     let js = jetstream::new(client);
     let name = format!("BENCHRAW{}", std::process::id());
@@ -101,13 +113,27 @@ async fn raw(n: usize, with_headers: bool) -> f64 {
         )
         .await
         .unwrap();
-    let payloads: Vec<bytes::Bytes> = (0..n)
-        .map(|i| serde_json::to_vec(&payload(i)).unwrap().into())
+    let events: Vec<RecordedEvent> = (0..n).map(event).collect();
+    let payloads: Vec<bytes::Bytes> = events
+        .iter()
+        .map(|e| match layout {
+            Layout::EnvelopeInBody => {
+                let envelope = herald_nats::event_headers(e);
+                let line = envelope.get(herald_nats::headers::ENVELOPE).unwrap();
+                let mut body = line.as_str().as_bytes().to_vec();
+                body.push(b'\n');
+                body.extend_from_slice(e.data().as_bytes());
+                body.into()
+            }
+            _ => e.data().to_bytes(),
+        })
         .collect();
-    let ids: Vec<String> = (0..n).map(|_| EventId::new().to_string()).collect();
-    let headers: Vec<Option<async_nats::HeaderMap>> = (0..n)
-        .map(|i| with_headers.then(|| herald_nats::event_headers(&event(i))))
+    let ids: Vec<String> = events.iter().map(|e| e.id().to_string()).collect();
+    let headers: Vec<Option<async_nats::HeaderMap>> = events
+        .iter()
+        .map(|e| (layout == Layout::HeraldHeaders).then(|| herald_nats::event_headers(e)))
         .collect();
+    let in_body = layout == Layout::EnvelopeInBody;
 
     let start = Instant::now();
     let consuming = tokio::spawn(async move {
@@ -120,6 +146,11 @@ async fn raw(n: usize, with_headers: bool) -> f64 {
         let mut got = 0;
         while got < n {
             let message = messages.next().await.unwrap().unwrap();
+            if in_body {
+                // What a decoder would do first: split off the line.
+                let at = message.payload.iter().position(|b| *b == b'\n').unwrap();
+                std::hint::black_box((&message.payload[..at], message.payload.slice(at + 1..)));
+            }
             message.ack().await.unwrap();
             got += 1;
         }
@@ -218,18 +249,30 @@ async fn main() {
     let (mut raws, mut raws_h, mut heralds, mut ratios, mut ratios_h) =
         (vec![], vec![], vec![], vec![], vec![]);
     let only = std::env::var("HERALD_BENCH_ONLY").unwrap_or_default();
-    let runs = |case: &str| only.is_empty() || only == case;
+    let runs = |case: &str| {
+        if only.is_empty() {
+            case != "raw-body"
+        } else {
+            only.split(',').any(|c| c == case)
+        }
+    };
+    let mut bodies = vec![];
     for round in 1..=rounds {
         let r = if runs("raw") {
-            raw(n, false).await
+            raw(n, Layout::Bare).await
         } else {
             f64::NAN
         };
         let rh = if runs("raw-headers") {
-            raw(n, true).await
+            raw(n, Layout::HeraldHeaders).await
         } else {
             f64::NAN
         };
+        if runs("raw-body") {
+            let rb = raw(n, Layout::EnvelopeInBody).await;
+            println!("round {round}: raw with herald's envelope in the body {rb:>8.0} events/s");
+            bodies.push(rb);
+        }
         let h = if runs("herald") {
             herald(n).await
         } else {
@@ -254,9 +297,18 @@ async fn main() {
         (median(&mut ratios) - 1.0) * 100.0,
         (median(&mut ratios_h) - 1.0) * 100.0
     );
+    if !bodies.is_empty() {
+        println!(
+            "median: raw with herald's envelope in the body {:.0} events/s",
+            median(&mut bodies)
+        );
+    }
 }
 
 fn median(values: &mut [f64]) -> f64 {
+    if values.is_empty() {
+        return f64::NAN;
+    }
     values.sort_by(f64::total_cmp);
     values[values.len() / 2]
 }
