@@ -3,7 +3,10 @@
 //! a broker subscriber on a bus, in the same run.
 //!
 //! `cargo bench -p herald-nats --bench nats` (`HERALD_NATS_URL` for another
-//! server; `HERALD_BENCH_EVENTS` for another count).
+//! server; `HERALD_BENCH_EVENTS`, `HERALD_BENCH_ROUNDS` change the size;
+//! `HERALD_BENCH_ONLY` takes a comma-separated list of cases among `raw`,
+//! `raw-headers`, `raw-body` and `herald`, to profile one, or to measure
+//! `raw-body`, which the default run leaves out).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -45,25 +48,43 @@ fn payload(n: usize) -> serde_json::Value {
 }
 
 fn event(n: usize) -> RecordedEvent {
+    let id = EventId::new();
     RecordedEvent::from_parts(RecordedParts {
-        id: EventId::new(),
+        id,
         event_type: EventType::new("order.created").unwrap(),
         stream: Some(format!("order-{}", n % 64).into()),
         version: Some(n as u64),
         position: Some(n as u64 + 1),
         recorded_at: chrono::Utc::now(),
         data: Payload::from(payload(n)),
-        metadata: Metadata::default(),
+        // The correlation id the bus and the stores give an event that
+        // has none: its own id.
+        metadata: Metadata {
+            correlation_id: Some(*id.as_uuid()),
+            ..Metadata::default()
+        },
         origin: None,
     })
 }
 
+/// What a raw message carries besides its `Nats-Msg-Id`.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Layout {
+    /// The JSON payload alone.
+    Bare,
+    /// The headers Herald sends (`Nats-Msg-Id` and the `Herald` envelope).
+    HeraldHeaders,
+    /// Herald's envelope line as the payload's first line, before the JSON:
+    /// the alternative to a header, measured on request (`raw-body`).
+    EnvelopeInBody,
+}
+
 /// Raw async-nats: the same stream layout, `Nats-Msg-Id` per message, the
 /// same pipelining (a batch sent, then its acks awaited), a durable pull
-/// consumer acking each message. With `with_headers`, each message also
-/// carries the headers Herald sends (built before the clock starts), to
-/// tell the cost of the headers from the cost of Herald's code.
-async fn raw(n: usize, with_headers: bool) -> f64 {
+/// consumer acking each message. With [`Layout::HeraldHeaders`], each
+/// message carries the headers Herald sends instead (built before the clock
+/// starts), to tell the cost of the headers from the cost of Herald's code.
+async fn raw(n: usize, layout: Layout) -> f64 {
     let client = async_nats::connect(url()).await.expect("connect to NATS");
     let js = jetstream::new(client);
     let name = format!("BENCHRAW{}", std::process::id());
@@ -92,13 +113,27 @@ async fn raw(n: usize, with_headers: bool) -> f64 {
         )
         .await
         .unwrap();
-    let payloads: Vec<bytes::Bytes> = (0..n)
-        .map(|i| serde_json::to_vec(&payload(i)).unwrap().into())
+    let events: Vec<RecordedEvent> = (0..n).map(event).collect();
+    let payloads: Vec<bytes::Bytes> = events
+        .iter()
+        .map(|e| match layout {
+            Layout::EnvelopeInBody => {
+                let envelope = herald_nats::event_headers(e);
+                let line = envelope.get(herald_nats::headers::ENVELOPE).unwrap();
+                let mut body = line.as_str().as_bytes().to_vec();
+                body.push(b'\n');
+                body.extend_from_slice(e.data().as_bytes());
+                body.into()
+            }
+            _ => e.data().to_bytes(),
+        })
         .collect();
-    let ids: Vec<String> = (0..n).map(|_| EventId::new().to_string()).collect();
-    let headers: Vec<Option<async_nats::HeaderMap>> = (0..n)
-        .map(|i| with_headers.then(|| herald_nats::event_headers(&event(i))))
+    let ids: Vec<String> = events.iter().map(|e| e.id().to_string()).collect();
+    let headers: Vec<Option<async_nats::HeaderMap>> = events
+        .iter()
+        .map(|e| (layout == Layout::HeraldHeaders).then(|| herald_nats::event_headers(e)))
         .collect();
+    let in_body = layout == Layout::EnvelopeInBody;
 
     let start = Instant::now();
     let consuming = tokio::spawn(async move {
@@ -111,6 +146,11 @@ async fn raw(n: usize, with_headers: bool) -> f64 {
         let mut got = 0;
         while got < n {
             let message = messages.next().await.unwrap().unwrap();
+            if in_body {
+                // What a decoder would do first: split off the line.
+                let at = message.payload.iter().position(|b| *b == b'\n').unwrap();
+                std::hint::black_box((&message.payload[..at], message.payload.slice(at + 1..)));
+            }
             message.ack().await.unwrap();
             got += 1;
         }
@@ -123,12 +163,11 @@ async fn raw(n: usize, with_headers: bool) -> f64 {
     {
         let mut acks = Vec::with_capacity(BATCH);
         for ((data, id), headers) in data.iter().zip(ids).zip(headers) {
-            let mut publish = jetstream::message::PublishMessage::build()
-                .payload(data.clone())
-                .message_id(id);
-            if let Some(headers) = headers {
-                publish = publish.headers(headers.clone());
-            }
+            let publish = jetstream::message::PublishMessage::build().payload(data.clone());
+            let publish = match headers {
+                Some(headers) => publish.headers(headers.clone()),
+                None => publish.message_id(id),
+            };
             acks.push(js.send_publish(subject.clone(), publish).await.unwrap());
         }
         for ack in acks {
@@ -209,10 +248,36 @@ async fn main() {
     // median of those.
     let (mut raws, mut raws_h, mut heralds, mut ratios, mut ratios_h) =
         (vec![], vec![], vec![], vec![], vec![]);
+    let only = std::env::var("HERALD_BENCH_ONLY").unwrap_or_default();
+    let runs = |case: &str| {
+        if only.is_empty() {
+            case != "raw-body"
+        } else {
+            only.split(',').any(|c| c == case)
+        }
+    };
+    let mut bodies = vec![];
     for round in 1..=rounds {
-        let r = raw(n, false).await;
-        let rh = raw(n, true).await;
-        let h = herald(n).await;
+        let r = if runs("raw") {
+            raw(n, Layout::Bare).await
+        } else {
+            f64::NAN
+        };
+        let rh = if runs("raw-headers") {
+            raw(n, Layout::HeraldHeaders).await
+        } else {
+            f64::NAN
+        };
+        if runs("raw-body") {
+            let rb = raw(n, Layout::EnvelopeInBody).await;
+            println!("round {round}: raw with herald's envelope in the body {rb:>8.0} events/s");
+            bodies.push(rb);
+        }
+        let h = if runs("herald") {
+            herald(n).await
+        } else {
+            f64::NAN
+        };
         println!(
             "round {round}: raw async-nats {r:>8.0} events/s | raw with herald's headers {rh:>8.0} events/s | herald {h:>8.0} events/s | overhead {:>5.1}% (vs same headers {:>5.1}%)",
             (r / h - 1.0) * 100.0,
@@ -232,9 +297,18 @@ async fn main() {
         (median(&mut ratios) - 1.0) * 100.0,
         (median(&mut ratios_h) - 1.0) * 100.0
     );
+    if !bodies.is_empty() {
+        println!(
+            "median: raw with herald's envelope in the body {:.0} events/s",
+            median(&mut bodies)
+        );
+    }
 }
 
 fn median(values: &mut [f64]) -> f64 {
+    if values.is_empty() {
+        return f64::NAN;
+    }
     values.sort_by(f64::total_cmp);
     values[values.len() / 2]
 }

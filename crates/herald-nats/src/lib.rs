@@ -56,22 +56,52 @@
 //! a second process, or a restart, finds them. A consumer found with
 //! another ack wait or prefetch is updated to this process's values.
 //!
-//! ## Headers
+//! ## Headers: the envelope
 //!
-//! | header | value |
-//! |---|---|
-//! | `Nats-Msg-Id` | the event id (the server drops a second publish of it within the duplicate window) |
-//! | `Herald-Id` | the event id, on redeliveries only (they are not deduplicated) |
-//! | `Herald-Type` | the event type |
-//! | `Herald-Stream`, `Herald-Version`, `Herald-Position` | its stream, its version there and its global position, when it has them |
-//! | `Herald-Recorded-At` | RFC 3339 in UTC, to the microsecond |
-//! | `Herald-Correlation-Id`, `Herald-Causation-Id` | the metadata's ids |
-//! | `Herald-Headers` | the free metadata headers as one JSON object (their keys may hold what header names cannot) |
-//! | `Herald-Origin-Stream`, `Herald-Origin-Version` | for an event read through a link |
-//! | `Herald-Payload-Object` | for a payload too large for a message: its object's name |
+//! An event travels as two headers and its JSON data as the payload, so
+//! any NATS client reads the data as it is:
 //!
-//! A text with a line break (a stream name, say) goes JSON-quoted in the
-//! header named with `-Json` appended. [`headers`] has the names.
+//! ```text
+//! Nats-Msg-Id: 0193a1c4-6f3e-7c1a-9d2b-4e5f60718293
+//! Herald: 1 t=1764430000123456 s=order-42 v=7 p=1234
+//! ```
+//!
+//! `Nats-Msg-Id` is the event id (the server drops a second publish of it
+//! within the duplicate window); the type is the subject's tail; everything
+//! else is the `Herald` header, one line of space-separated fields after
+//! the format version `1`:
+//!
+//! | key | value | when |
+//! |---|---|---|
+//! | `t` | recorded-at, in whole microseconds since the Unix epoch (UTC) | always |
+//! | `s` | the stream, escaped | when it has one |
+//! | `v`, `p` | its version in the stream, its global position | when it has them |
+//! | `c` | the correlation id; `-` for none | unless it is the event id (what the bus and the stores give an event by default) |
+//! | `k` | the causation id | when it has one |
+//! | `h` | one free metadata header, `key:value`, both escaped | once per header |
+//! | `o` | `stream:version` where a linked event was first appended, the stream escaped | for an event read through a link |
+//! | `i`, `y` | the event id, the event type | on redeliveries (their subject is the subscriber's, and they are not deduplicated) |
+//! | `x` | the object holding the payload, escaped | for a payload too large for a message |
+//!
+//! Escaped is percent-encoded: `%`, `:`, space and every byte outside
+//! printable ASCII become `%` and two hex digits (`a b:ü` → `a%20b%3A%C3%BC`),
+//! so a stream name or a metadata value may hold anything, line breaks
+//! included, and the header stays one printable line. Decoding is strict: a
+//! missing header, another format version, an unknown or repeated key, a
+//! bad number, UUID or escape, or a payload that is not JSON is
+//! [`TransportError::Malformed`](herald::transport::TransportError::Malformed)
+//! saying which, and the consumer terminates that message (it would fail
+//! the same way again). [`headers`] has the names.
+//!
+//! Why one header, not one per field: the server stores and sends every
+//! header byte, and the client parses each header into its own map entry on
+//! every message. One header per field (ten names, about 250 bytes with
+//! RFC 3339 times and JSON metadata) cost 45–60% of the throughput of bare
+//! async-nats; this envelope is about 50 bytes for a usual event. The
+//! envelope could also ride in the payload, as a first line before the
+//! JSON; measured, that was no faster (the same server and client CPU time
+//! within noise), and the payload would no longer be plain JSON to other
+//! clients, so it stays a header.
 //!
 //! # Topic patterns and filter subjects
 //!
@@ -166,8 +196,8 @@
 //! its headers. Such a payload goes to the object store bucket
 //! `<PREFIX>_PAYLOADS` (created when first needed, its objects kept for
 //! [`max_age`](NatsConfig::max_age)) under the event id, and the message
-//! carries the headers with an empty payload and
-//! `Herald-Payload-Object: <event id>`; the consumer fetches the data before
+//! carries the headers with an empty payload and the object's name in its
+//! envelope (`x=<event id>`); the consumer fetches the data before
 //! handing the event on (a fetch that fails gives the message back after
 //! the ack wait). Only an event whose *headers* alone exceed the limit is
 //! refused, before anything of its batch is sent:
@@ -198,13 +228,18 @@
 //! `cargo bench -p herald-nats --bench nats` publishes 100,000 events of
 //! about 200 bytes with acks, in batches of 1,000, and consumes them to a
 //! no-op handler, for raw async-nats and for Herald in the same run. On the
-//! two-core development machine (under load from other builds) the medians
-//! were about 45,000 events/s raw, 35,000 raw with Herald's headers, and
-//! 29,000–35,000 through Herald: 45–60% behind bare raw async-nats, 2–12%
-//! behind raw async-nats carrying the same headers. The headers (six more,
-//! about 250 bytes a message) are most of the cost; the repository's
-//! `BENCHMARKS.md`, section "NATS JetStream transport", has the figures.
-
+//! two-core development machine, shared with other builds, five runs put
+//! Herald 3.8–20.6% behind bare raw async-nats (53,000–77,000 events/s
+//! raw), 15.7% by their median: within the 20% target, at its edge on the
+//! quietest runs. Single rounds swing far more with the load. With one
+//! header per field Herald was 45–60% behind, nearly all of it the
+//! headers; now raw async-nats carrying Herald's two headers runs about as
+//! fast as bare raw (within the noise), and the rest, 9–19% behind raw with
+//! the same headers, is Herald's own path, most likely the bus's latency
+//! from delivery to ack (the transport's CPU time per event is within a
+//! microsecond of raw's). The repository's `BENCHMARKS.md`, section "NATS
+//! JetStream transport", has the figures.
+//!
 #![warn(missing_docs)]
 
 mod codec;
@@ -226,10 +261,7 @@ const NAME: &str = "nats";
 
 /// Header names: how an event's fields and a dead letter's travel.
 pub mod headers {
-    pub use crate::codec::{
-        CAUSATION_ID, CORRELATION_ID, HEADERS, ID, MSG_ID, ORIGIN_STREAM, ORIGIN_VERSION,
-        PAYLOAD_OBJECT, POSITION, RECORDED_AT, STREAM, TYPE, VERSION,
-    };
+    pub use crate::codec::{ENVELOPE, ENVELOPE_VERSION, MSG_ID, PAYLOAD_OBJECT};
     pub use crate::dead_letters::{
         ATTEMPTS, DEAD_LETTER_ID, ERRORS, FIRST_FAILED_AT, LAST_ERROR, SUBSCRIBER,
     };

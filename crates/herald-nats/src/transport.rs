@@ -251,7 +251,12 @@ impl NatsTransport {
     /// Publishes messages, all sent before any ack is awaited.
     async fn publish_messages(
         &self,
-        messages: Vec<(herald::EventId, String, async_nats::HeaderMap, bytes::Bytes)>,
+        messages: Vec<(
+            herald::EventId,
+            async_nats::Subject,
+            async_nats::HeaderMap,
+            bytes::Bytes,
+        )>,
     ) -> Result<(), TransportError> {
         let max = self.inner.client.server_info().max_payload;
         // Checked before anything is sent, so a batch with one event whose
@@ -281,7 +286,7 @@ impl NatsTransport {
                         .put(&name, payload)
                         .await
                         .map_err(|e| not_confirmed(*event_id, &e))?;
-                    headers.insert(codec::PAYLOAD_OBJECT, name);
+                    codec::set_payload_object(headers, &name);
                     *payload = bytes::Bytes::new();
                 }
             }
@@ -334,12 +339,27 @@ impl Transport for NatsTransport {
 
     async fn publish(&self, events: &[RecordedEvent]) -> Result<(), TransportError> {
         self.check_open()?;
+        // A batch mostly holds a few event types: a subject is built once
+        // per run of one type, and shared (a subject clones by reference).
+        let mut last: Option<(&str, async_nats::Subject)> = None;
         let messages = events
             .iter()
             .map(|event| {
+                let subject = match &last {
+                    Some((event_type, subject)) if *event_type == event.event_type() => {
+                        subject.clone()
+                    }
+                    _ => {
+                        let subject = async_nats::Subject::from(
+                            self.inner.names.event_subject(event.event_type()),
+                        );
+                        last = Some((event.event_type(), subject.clone()));
+                        subject
+                    }
+                };
                 (
                     event.id(),
-                    self.inner.names.event_subject(event.event_type()),
+                    subject,
                     codec::event_headers(event),
                     event.data().to_bytes(),
                 )
@@ -399,6 +419,7 @@ impl Transport for NatsTransport {
             streams,
             pending: None,
             missed: 0,
+            types: None,
         }))
     }
 
@@ -411,11 +432,11 @@ impl Transport for NatsTransport {
         let token = names::subscriber_token(subscriber)?;
         // The event id is in the duplicate window from its first publish;
         // a redelivery is a new message, not deduplicated.
-        let headers = codec::headers_of(event, false);
+        let headers = codec::headers_of(event, codec::Route::Redelivery);
         let subject = self.inner.names.redelivery_subject(&token);
         self.publish_messages(vec![(
             event.id(),
-            subject,
+            subject.into(),
             headers,
             event.data().to_bytes(),
         )])
@@ -513,6 +534,9 @@ struct NatsConsumer {
     pending: Option<(Source, jetstream::Message)>,
     /// Heartbeats missed in a row.
     missed: u32,
+    /// The event type decoded last, reused for the next message of that
+    /// type.
+    types: Option<herald::EventType>,
 }
 
 /// Missed heartbeats in a row (five seconds apart) after which a consumer
@@ -520,19 +544,16 @@ struct NatsConsumer {
 const MAX_MISSED_HEARTBEATS: u32 = 3;
 
 impl NatsConsumer {
-    /// The delivery of a message with its payload; `None` for a message
-    /// this consumer settles itself (not an event, or not for it).
+    /// The delivery of a message whose event was decoded (or not); `None`
+    /// for a message this consumer settles itself (not an event, or not
+    /// for it).
     async fn deliver(
         &mut self,
         source: Source,
         message: jetstream::Message,
-        payload: &bytes::Bytes,
+        decoded: Result<RecordedEvent, TransportError>,
     ) -> Option<Delivery> {
-        let attempt = message
-            .info()
-            .map(|i| u32::try_from(i.delivered).unwrap_or(1))
-            .unwrap_or(1);
-        let event = match codec::decode_event(message.headers.as_ref(), payload) {
+        let event = match decoded {
             Ok(event) => event,
             Err(err) => {
                 // Not a Herald event: delivering it again would fail the
@@ -547,6 +568,10 @@ impl NatsConsumer {
                 return None;
             }
         };
+        let attempt = message
+            .info()
+            .map(|i| u32::try_from(i.delivered).unwrap_or(1))
+            .unwrap_or(1);
         if let Source::Filter(index) = source {
             debug_assert!(message.subject.as_str().starts_with(&self.root));
             if !self.takes(index, &event) {
@@ -622,40 +647,53 @@ impl Consumer for NatsConsumer {
                     }
                 }
             };
-            let object = message
-                .headers
-                .as_ref()
-                .and_then(|h| codec::find(h, codec::PAYLOAD_OBJECT))
-                .map(str::to_owned);
-            let payload = match object {
-                None => message.payload.clone(),
-                Some(name) => {
-                    self.pending = Some((source, message));
-                    let fetched = self.transport.inner.payloads.get(&name).await;
-                    let Some((_, message)) = self.pending.take() else {
-                        continue;
-                    };
-                    let payload = match fetched {
-                        Ok(payload) => payload,
-                        Err(err) => {
-                            tracing::warn!(
-                                subscriber = %self.spec.name,
-                                object = %name,
-                                error = %err,
-                                "could not fetch a large payload; the event comes back after the ack wait"
-                            );
-                            let pause = self.transport.inner.config.ack_wait;
-                            let _ = message.ack_with(jetstream::AckKind::Nak(Some(pause))).await;
-                            continue;
-                        }
-                    };
-                    if let Some(delivery) = self.deliver(source, message, &payload).await {
-                        return Ok(delivery);
-                    }
+            // Most messages carry their payload: decoded at once, from
+            // the envelope borrowed from the message. One whose payload is
+            // in the object store is kept in `pending` while it is fetched.
+            let (decoded, object) = match codec::Envelope::parse(message.headers.as_ref()) {
+                Ok(envelope) => match envelope.payload_object() {
+                    None => (
+                        Some(envelope.into_event(
+                            message.subject.as_str(),
+                            &message.payload,
+                            &mut self.types,
+                        )),
+                        None,
+                    ),
+                    Some(name) => (None, Some(name.to_owned())),
+                },
+                Err(err) => (Some(Err(err)), None),
+            };
+            if let Some(decoded) = decoded {
+                if let Some(delivery) = self.deliver(source, message, decoded).await {
+                    return Ok(delivery);
+                }
+                continue;
+            }
+            let Some(name) = object else { continue };
+            self.pending = Some((source, message));
+            let fetched = self.transport.inner.payloads.get(&name).await;
+            let Some((_, message)) = self.pending.take() else {
+                continue;
+            };
+            let payload = match fetched {
+                Ok(payload) => payload,
+                Err(err) => {
+                    tracing::warn!(
+                        subscriber = %self.spec.name,
+                        object = %name,
+                        error = %err,
+                        "could not fetch a large payload; the event comes back after the ack wait"
+                    );
+                    let pause = self.transport.inner.config.ack_wait;
+                    let _ = message.ack_with(jetstream::AckKind::Nak(Some(pause))).await;
                     continue;
                 }
             };
-            if let Some(delivery) = self.deliver(source, message, &payload).await {
+            let decoded = codec::Envelope::parse(message.headers.as_ref()).and_then(|envelope| {
+                envelope.into_event(message.subject.as_str(), &payload, &mut self.types)
+            });
+            if let Some(delivery) = self.deliver(source, message, decoded).await {
                 return Ok(delivery);
             }
         }
@@ -701,7 +739,14 @@ impl Drop for NatsAcker {
 #[async_trait]
 impl Acker for NatsAcker {
     async fn ack(mut self: Box<Self>) -> Result<(), TransportError> {
-        self.send(jetstream::AckKind::Ack).await
+        // An empty reply is an ack, as `+ACK` is, in fewer bytes.
+        let Some(message) = self.message.take() else {
+            return Ok(());
+        };
+        message
+            .ack()
+            .await
+            .map_err(|e| TransportError::connection(NAME, e))
     }
 
     async fn retry(

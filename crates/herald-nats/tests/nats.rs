@@ -22,8 +22,9 @@ use tokio::sync::mpsc;
 const PATIENCE: Duration = Duration::from_secs(30);
 
 fn event(event_type: &str, n: u64) -> RecordedEvent {
+    let id = EventId::new();
     RecordedEvent::from_parts(RecordedParts {
-        id: EventId::new(),
+        id,
         event_type: EventType::new(event_type).unwrap(),
         stream: Some(format!("s-{}", n % 4).into()),
         version: Some(n),
@@ -31,7 +32,8 @@ fn event(event_type: &str, n: u64) -> RecordedEvent {
         recorded_at: chrono::Utc::now(),
         data: Payload::from(json!({ "n": n })),
         metadata: Metadata {
-            correlation_id: None,
+            // What the bus and the stores set when none is given.
+            correlation_id: Some(*id.as_uuid()),
             causation_id: None,
             headers: BTreeMap::from([("k".to_owned(), format!("v{n}"))]),
         },
@@ -124,26 +126,32 @@ async fn events_lie_on_the_server_under_their_subject_with_headers_and_json_data
     );
     let header = |name: &str| message.headers.get(name).map(|v| v.as_str().to_owned());
     assert_eq!(header("Nats-Msg-Id"), Some(e.id().to_string()));
+    // The rest of the envelope in one line; the type is the subject's tail,
+    // the correlation id is left out when it is the event id.
     assert_eq!(
-        header(herald_nats::headers::TYPE).as_deref(),
-        Some("billing.invoice.paid")
+        header(herald_nats::headers::ENVELOPE),
+        Some(format!(
+            "1 t={} s=s-3 v=7 p=8 h=k:v7",
+            e.recorded_at().timestamp_micros()
+        ))
     );
-    assert_eq!(header(herald_nats::headers::STREAM).as_deref(), Some("s-3"));
-    assert_eq!(header(herald_nats::headers::VERSION).as_deref(), Some("7"));
-    assert_eq!(header(herald_nats::headers::POSITION).as_deref(), Some("8"));
-    assert_eq!(
-        header(herald_nats::headers::RECORDED_AT),
-        Some(
-            e.recorded_at()
-                .to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
-        )
-    );
+    assert_eq!(message.headers.iter().count(), 2, "{:?}", message.headers);
     assert_eq!(
         serde_json::from_slice::<serde_json::Value>(&message.payload).unwrap(),
         json!({"n": 7})
     );
-    let back = herald_nats::decode_event(Some(&message.headers), &message.payload).unwrap();
+    let back = herald_nats::decode_event(
+        message.subject.as_str(),
+        Some(&message.headers),
+        &message.payload,
+    )
+    .unwrap();
     assert_eq!(back.id(), e.id());
+    assert_eq!(back.event_type(), "billing.invoice.paid");
+    assert_eq!(
+        back.recorded_at().timestamp_micros(),
+        e.recorded_at().timestamp_micros()
+    );
     assert_eq!(back.metadata(), e.metadata());
 }
 
@@ -337,12 +345,14 @@ async fn a_payload_above_max_payload_travels_through_the_object_store() {
         .unwrap();
     let message = stream.get_raw_message(2).await.unwrap();
     assert!(message.payload.is_empty());
-    assert_eq!(
-        message
-            .headers
-            .get(herald_nats::headers::PAYLOAD_OBJECT)
-            .map(|v| v.as_str().to_owned()),
-        Some(large.id().to_string())
+    let envelope = message
+        .headers
+        .get(herald_nats::headers::ENVELOPE)
+        .map(|v| v.as_str().to_owned())
+        .unwrap();
+    assert!(
+        envelope.ends_with(&format!(" x={}", large.id())),
+        "{envelope}"
     );
     bus.shutdown().await;
 }
@@ -605,4 +615,39 @@ async fn a_cancelled_next_loses_no_message() {
             .iter()
             .collect()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_without_a_valid_envelope_is_dropped_and_the_next_event_delivered() {
+    let ns = namespace("malformed");
+    let _cleanup = common::Cleanup(ns.clone());
+    let transport = common::connect(&common::url(), &ns).await;
+    let bus = broker_bus(&transport).await;
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    subscribe(&bus, Subscriber::new("m", forward(tx)).topic("order.*")).await;
+
+    let subject = format!("{}.ev.order.placed", herald_nats::sanitize_prefix(&ns));
+    let js = transport.jetstream();
+    // No envelope at all, then an envelope of an unknown format version.
+    js.publish(subject.clone(), "{}".into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert(herald_nats::headers::ENVELOPE, "9 t=1");
+    js.publish_with_headers(subject, headers, "{}".into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let good = event("order.placed", 1);
+    transport
+        .publish(std::slice::from_ref(&good))
+        .await
+        .unwrap();
+
+    assert_eq!(receive(&mut rx, 1).await[0].id(), good.id());
+    nothing_more(&mut rx, Duration::from_millis(300)).await;
+    bus.shutdown().await;
 }
