@@ -9,7 +9,7 @@
 //! for is dropped by the broker), under a fresh prefix per run.
 //!
 //! `cargo bench -p herald-microservices-example --bench relay`
-//! (`-- --brokers amqp,nats --events 100000`).
+//! (`-- --brokers amqp,nats,kafka --events 100000`).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -80,6 +80,13 @@ async fn run(
             );
             (nats.clone(), Some(nats))
         }
+        Broker::Kafka => {
+            let transport = common(broker, &prefix, "unused")
+                .transport()
+                .await
+                .expect("Kafka is reachable (HERALD_KAFKA_BROKERS)");
+            (transport, None)
+        }
     };
     // Declared, and left unconsumed: the broker keeps what the relay sends.
     let _group = transport
@@ -123,7 +130,8 @@ fn main() {
             .map(|b| match b {
                 "amqp" => Broker::Amqp,
                 "nats" => Broker::Nats,
-                other => panic!("unknown broker {other:?}: amqp or nats"),
+                "kafka" => Broker::Kafka,
+                other => panic!("unknown broker {other:?}: amqp, nats or kafka"),
             })
             .collect();
         let schema = format!("herald_bench_relay_{:08x}", std::process::id());

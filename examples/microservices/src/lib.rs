@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use herald::transport::Transport;
 use herald_amqp::{AmqpConfig, AmqpTransport};
+use herald_kafka::{KafkaConfig, KafkaTransport};
 use herald_nats::{NatsConfig, NatsTransport};
 use herald_postgres::{PgConfig, PgStore};
 
@@ -21,6 +22,8 @@ pub enum Broker {
     Amqp,
     /// NATS with JetStream, at `HERALD_NATS_URL`.
     Nats,
+    /// Kafka (a Kafka-protocol broker), at `HERALD_KAFKA_BROKERS`.
+    Kafka,
 }
 
 /// The settings every service takes.
@@ -59,6 +62,17 @@ impl Common {
                 let url = std::env::var("HERALD_NATS_URL")
                     .unwrap_or_else(|_| "nats://127.0.0.1:4222".to_owned());
                 Arc::new(NatsTransport::connect(NatsConfig::new(url).prefix(&self.prefix)).await?)
+            }
+            Broker::Kafka => {
+                let brokers = std::env::var("HERALD_KAFKA_BROKERS")
+                    .unwrap_or_else(|_| "127.0.0.1:19092".to_owned());
+                // A topic per event type (the default mapping); a consumer
+                // finds a topic made after it subscribed at its next
+                // metadata refresh, made short here so a demo run is quick.
+                let config = KafkaConfig::new(brokers)
+                    .prefix(&self.prefix)
+                    .metadata_refresh(std::time::Duration::from_millis(500));
+                Arc::new(KafkaTransport::connect(config).await?)
             }
         })
     }

@@ -189,3 +189,8 @@ fn the_services_talk_over_rabbitmq() {
 fn the_services_talk_over_nats() {
     run("nats");
 }
+
+#[test]
+fn the_services_talk_over_kafka() {
+    run("kafka");
+}
