@@ -236,6 +236,17 @@
 //! # }
 //! ```
 //!
+//! ## Between services: brokers and the relay
+//!
+//! A bus built with a [`transport::Transport`] ([`BusBuilder::transport`])
+//! runs [`Broker`](DeliveryMode::Broker) subscribers on a message broker:
+//! the subscriber's name is a consumer group shared by every process that
+//! runs it, and its retries and dead letters live on the broker.
+//! [`relay::Relay`] forwards a store's committed events to a transport (the
+//! outbox across services). `herald-amqp`, `herald-nats` and `herald-kafka`
+//! are the RabbitMQ, NATS JetStream and Kafka transports;
+//! [`transport::MemoryTransport`] is an in-process one for tests.
+//!
 //! ## Testing
 //!
 //! [`testing::Recorder`] captures what a bus published, for assertions.
