@@ -5,6 +5,7 @@
 
 use std::error::Error;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use herald::transport::Transport;
 use herald_amqp::{AmqpConfig, AmqpTransport};
@@ -94,4 +95,38 @@ pub fn init_logging() {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .try_init();
+}
+
+/// Counts what a service settled, so that `--expect N` can end a run.
+#[derive(Default)]
+pub struct Progress {
+    count: AtomicU64,
+    changed: tokio::sync::Notify,
+}
+
+impl Progress {
+    /// One more settled.
+    pub fn tick(&self) {
+        self.count.fetch_add(1, Ordering::SeqCst);
+        self.changed.notify_one();
+    }
+
+    /// How many were settled.
+    pub fn count(&self) -> u64 {
+        self.count.load(Ordering::SeqCst)
+    }
+
+    /// Waits until `expect` were settled, or for Ctrl-C when `expect` is 0.
+    pub async fn wait(&self, expect: u64) -> Result<()> {
+        if expect == 0 {
+            tokio::signal::ctrl_c().await?;
+            return Ok(());
+        }
+        // A tick between the check and the wait leaves a permit, so none is
+        // missed.
+        while self.count() < expect {
+            self.changed.notified().await;
+        }
+        Ok(())
+    }
 }

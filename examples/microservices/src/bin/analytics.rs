@@ -8,8 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use clap::Parser;
 use herald::{Bus, DeliveryMode, RecordedEvent, Subscriber, handler_fn};
-use herald_microservices_example::{Common, Result, init_logging};
-use tokio::sync::Notify;
+use herald_microservices_example::{Common, Progress, Result, init_logging};
 
 /// Sums order revenue.
 #[derive(Parser)]
@@ -31,27 +30,17 @@ async fn main() -> Result<()> {
     // A real service would keep the revenue in its own database, in the
     // inbox's transaction; counting in memory keeps the example short.
     let revenue = Arc::new(AtomicU64::new(0));
-    let counted = Arc::new(AtomicU64::new(0));
-    let progress = Arc::new(Notify::new());
+    let counted = Arc::new(Progress::default());
     let handler = {
-        let (revenue, counted, progress) = (
-            Arc::clone(&revenue),
-            Arc::clone(&counted),
-            Arc::clone(&progress),
-        );
+        let (revenue, counted) = (Arc::clone(&revenue), Arc::clone(&counted));
         handler_fn(move |event: RecordedEvent, _ctx| {
-            let (revenue, counted, progress) = (
-                Arc::clone(&revenue),
-                Arc::clone(&counted),
-                Arc::clone(&progress),
-            );
+            let (revenue, counted) = (Arc::clone(&revenue), Arc::clone(&counted));
             async move {
                 let cents = event.data().to_value()["total_cents"]
                     .as_u64()
                     .unwrap_or_default();
                 revenue.fetch_add(cents, Ordering::SeqCst);
-                counted.fetch_add(1, Ordering::SeqCst);
-                progress.notify_one();
+                counted.tick();
                 Ok(())
             }
         })
@@ -66,18 +55,12 @@ async fn main() -> Result<()> {
     )?;
     bus.ready("analytics").await?;
     println!("ready");
-    if args.expect == 0 {
-        tokio::signal::ctrl_c().await?;
-    } else {
-        while counted.load(Ordering::SeqCst) < args.expect {
-            progress.notified().await;
-        }
-    }
+    counted.wait(args.expect).await?;
     bus.shutdown().await;
     println!(
         "revenue: {} cents over {} orders",
         revenue.load(Ordering::SeqCst),
-        counted.load(Ordering::SeqCst)
+        counted.count()
     );
     Ok(())
 }

@@ -7,7 +7,6 @@
 //! `cargo run -p herald-microservices-example --bin notifications -- --expect 10`
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use clap::Parser;
@@ -15,8 +14,7 @@ use herald::{
     Bus, DeadLetterQuery, DeliveryMode, HandlerError, RecordedEvent, RetryPolicy, Subscriber,
     handler_fn,
 };
-use herald_microservices_example::{Common, Result, init_logging};
-use tokio::sync::Notify;
+use herald_microservices_example::{Common, Progress, Result, init_logging};
 
 /// Emails customers about their orders.
 #[derive(Parser)]
@@ -39,18 +37,16 @@ async fn main() -> Result<()> {
     let ledger = args.common.store().await?;
     // Orders settled (emailed about, or refused); the ledger keeps a
     // redelivered event from counting twice.
-    let settled = Arc::new(AtomicU64::new(0));
-    let progress = Arc::new(Notify::new());
+    let settled = Arc::new(Progress::default());
     let handler = {
-        let (settled, progress) = (Arc::clone(&settled), Arc::clone(&progress));
+        let settled = Arc::clone(&settled);
         handler_fn(move |event: RecordedEvent, ctx| {
-            let (settled, progress) = (Arc::clone(&settled), Arc::clone(&progress));
+            let settled = Arc::clone(&settled);
             async move {
                 let order = event.data().to_value();
                 let id = order["order_id"].as_u64().unwrap_or_default();
                 if order["total_cents"].as_u64() == Some(0) {
-                    settled.fetch_add(1, Ordering::SeqCst);
-                    progress.notify_one();
+                    settled.tick();
                     return Err(HandlerError::dead_letter(format!(
                         "order {id} has a zero total: refusing to send an invoice for nothing"
                     )));
@@ -62,8 +58,7 @@ async fn main() -> Result<()> {
                     "emailed the customer of order {id} (attempt {})",
                     ctx.attempt()
                 );
-                settled.fetch_add(1, Ordering::SeqCst);
-                progress.notify_one();
+                settled.tick();
                 Ok(())
             }
         })
@@ -81,13 +76,7 @@ async fn main() -> Result<()> {
     bus.ready("notifications").await?;
     println!("ready");
 
-    if args.expect == 0 {
-        tokio::signal::ctrl_c().await?;
-    } else {
-        while settled.load(Ordering::SeqCst) < args.expect {
-            progress.notified().await;
-        }
-    }
+    settled.wait(args.expect).await?;
     // Waits for the delivery in hand to be settled with the broker (the
     // last dead letter recorded).
     bus.shutdown().await;
