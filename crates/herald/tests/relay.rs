@@ -107,6 +107,24 @@ async fn wait_forwarded(relay: &Relay, position: u64) {
         });
 }
 
+/// Waits until the relay's saved checkpoint is `position`: forwarded means
+/// confirmed by the broker, and the save follows right after.
+async fn wait_checkpoint(relay: &Relay, position: u64) {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let saved = relay.checkpoint().await.unwrap();
+        if saved == position {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "relay {} saved {saved}, not {position}",
+            relay.name()
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 #[tokio::test]
 async fn forwards_every_event_to_the_broker_in_stream_order() {
     let store = Arc::new(MemoryStore::new());
@@ -128,7 +146,7 @@ async fn forwards_every_event_to_the_broker_in_stream_order() {
         assert_stream_order(&seen),
         ids.iter().copied().collect::<HashSet<_>>()
     );
-    assert_eq!(relay.checkpoint().await.unwrap(), head);
+    wait_checkpoint(&relay, head).await;
     assert_eq!(relay.lag().await.unwrap(), 0);
     relay.stop().await;
     assert_eq!(
@@ -370,7 +388,7 @@ async fn a_topic_filter_forwards_only_matching_types() {
         delivery.ack().await.unwrap();
     }
     assert_eq!(got, ["order.created", "invoice.paid", "order.shipped"]);
-    assert_eq!(relay.checkpoint().await.unwrap(), head);
+    wait_checkpoint(&relay, head).await;
     relay.stop().await;
 }
 
@@ -559,7 +577,7 @@ async fn only_the_lease_holder_relays_and_another_takes_over_when_it_dies() {
         "the crashed relay published after its death"
     );
     // The checkpoint is the lease store's (fenced) one.
-    assert_eq!(second.checkpoint().await.unwrap(), head);
+    wait_checkpoint(&second, head).await;
     second.stop().await;
     drop(first);
 
@@ -819,7 +837,7 @@ async fn a_relay_that_lost_its_lease_cannot_move_the_checkpoint() {
     // Its lease expires; the second relay takes over and moves on.
     ids.extend(append_interleaved(&store, "fenced", 2, 5).await);
     wait_forwarded(&b, 20).await;
-    assert_eq!(b.checkpoint().await.unwrap(), 20);
+    wait_checkpoint(&b, 20).await;
 
     // The late confirm comes; the first relay must not save its checkpoint
     // (where its batch ended, at most 10) over the second's (20). Stopping
