@@ -107,6 +107,8 @@ enum Then {
 
 struct Worker {
     epoch: u64,
+    /// The checkpoint this worker saved last.
+    saved: Arc<AtomicU64>,
     fence: Arc<Fence>,
     stop: watch::Sender<bool>,
     task: JoinHandle<()>,
@@ -257,6 +259,14 @@ impl<D: Deliver> Coordinator<D> {
             if let Err(err) = worker.task.await {
                 tracing::error!(subscriber = %name, partition, error = %err, "partition worker ended abnormally");
             }
+            // A worker that ended on its own (its fence passed) is started
+            // again below if the lease is still held: from what it saved,
+            // which the renewal above may not have seen yet.
+            if let Some(lease) = held.get_mut(&partition) {
+                if lease.epoch == worker.epoch {
+                    lease.position = lease.position.max(worker.saved.load(Ordering::Acquire));
+                }
+            }
             if worker.then == Then::Release && held.remove(&partition).is_some() {
                 match leases.release(name, member, partition).await {
                     Ok(()) => {
@@ -362,6 +372,8 @@ impl<D: Deliver> Coordinator<D> {
         let store = Arc::clone(&self.store);
         let settings = self.settings.clone();
         let ended = Arc::clone(ended);
+        let saved = Arc::new(AtomicU64::new(lease.position));
+        let position = Arc::clone(&saved);
         let task = tokio::spawn(async move {
             // A partition worker takes no rewinds of its own: the
             // coordinator restarts it from the rewound checkpoint.
@@ -370,7 +382,6 @@ impl<D: Deliver> Coordinator<D> {
                 stop: stopped,
                 rewinds,
             };
-            let position = AtomicU64::new(lease.position);
             drive(
                 &*core,
                 &*store,
@@ -385,6 +396,7 @@ impl<D: Deliver> Coordinator<D> {
         });
         Worker {
             epoch: lease.epoch,
+            saved,
             fence,
             stop,
             task,

@@ -447,15 +447,20 @@ impl Place {
             Self::Partition(p) => {
                 let name = self.name();
                 let mut backoff = Duration::from_millis(50);
+                // The store's save is fenced by the lease itself (owner,
+                // epoch, unexpired), so it is tried even when the local
+                // fence has passed: events handled while the fence held
+                // are then not delivered again just because a renewal came
+                // late.
                 loop {
-                    if !p.fence.holds() {
-                        tracing::warn!(subscriber = %name, "lease about to expire: stopping work on the partition");
-                        return false;
-                    }
                     match p.leases.save(&p.group, &p.member, p.lease, position).await {
                         Ok(true) => return true,
                         Ok(false) => {
                             tracing::info!(subscriber = %name, "partition lease lost or partition rewound: stopping work on it");
+                            return false;
+                        }
+                        Err(err) if !p.fence.holds() => {
+                            tracing::warn!(subscriber = %name, error = %err, "could not save the checkpoint before the lease could expire: stopping work on the partition");
                             return false;
                         }
                         Err(err) => {
