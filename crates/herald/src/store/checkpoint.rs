@@ -1,8 +1,38 @@
 //! Checkpoints of durable subscribers.
 
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
 
 use super::StoreError;
+use crate::EventId;
+use crate::error::AttemptError;
+
+/// A durable subscriber's failed delivery that waits for its next attempt.
+///
+/// A durable subscriber does not wait for a retry in place: it schedules
+/// the event, holds back the later events of the same stream (to keep the
+/// stream's order) and goes on with the other streams. The schedule is
+/// persisted, so that a restart neither forgets how often the event failed
+/// nor retries it before its backoff is over.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ScheduledRetry {
+    /// The event that failed.
+    pub event_id: EventId,
+    /// Its position in the global log.
+    pub position: u64,
+    /// Every failed attempt so far, oldest first (at least one).
+    pub errors: Vec<AttemptError>,
+    /// When the next attempt is due.
+    pub due: DateTime<Utc>,
+}
+
+impl ScheduledRetry {
+    /// How many attempts failed so far.
+    pub fn attempts(&self) -> u32 {
+        self.errors.last().map_or(0, |e| e.attempt)
+    }
+}
 
 /// Where durable subscribers keep their place in the global log.
 ///
@@ -28,6 +58,12 @@ use super::StoreError;
 ///   subscriber in the others, and how a disabled subscriber stays disabled
 ///   after a restart.
 ///
+/// - [`schedule_retry`](Self::schedule_retry) saves a subscriber's
+///   [`ScheduledRetry`], replacing the one it had for the same event;
+///   [`scheduled_retries`](Self::scheduled_retries) lists the subscriber's,
+///   by position; [`clear_retry`](Self::clear_retry) removes one (and is
+///   not an error when there is none). Durable as `save`.
+///
 /// There are no default implementations: a store that dropped the enabled
 /// state would silently run a subscriber an operator had disabled.
 #[async_trait]
@@ -47,4 +83,17 @@ pub trait CheckpointStore: Send + Sync + 'static {
 
     /// Saves whether the subscriber is enabled.
     async fn save_enabled(&self, subscriber: &str, enabled: bool) -> Result<(), StoreError>;
+
+    /// Saves (or replaces) the subscriber's scheduled retry of an event.
+    async fn schedule_retry(
+        &self,
+        subscriber: &str,
+        retry: &ScheduledRetry,
+    ) -> Result<(), StoreError>;
+
+    /// The subscriber's scheduled retries, by position.
+    async fn scheduled_retries(&self, subscriber: &str) -> Result<Vec<ScheduledRetry>, StoreError>;
+
+    /// Removes the subscriber's scheduled retry of `event`, if any.
+    async fn clear_retry(&self, subscriber: &str, event: EventId) -> Result<(), StoreError>;
 }

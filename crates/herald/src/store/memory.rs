@@ -12,8 +12,8 @@ use tokio::time::Instant;
 
 use super::{
     Appended, AppendedEvent, Capabilities, CheckpointStore, Direction, EventStore, ExpectedVersion,
-    GroupView, Lease, LeaseStore, ListStreams, PartitionState, ReadAll, ReadStream, StoreError,
-    StreamAppend, StreamInfo, StreamName,
+    GroupView, Lease, LeaseStore, ListStreams, PartitionState, ReadAll, ReadStream, ScheduledRetry,
+    StoreError, StreamAppend, StreamInfo, StreamName,
 };
 use crate::event::{NewEvent, Origin, RecordedEvent, RecordedParts};
 use crate::id::{self, EventId};
@@ -64,6 +64,8 @@ pub struct MemoryStore {
     checkpoints: Arc<std::sync::Mutex<HashMap<String, u64>>>,
     /// Whether each subscriber is enabled, for buses sharing the store.
     enabled: Arc<std::sync::Mutex<HashMap<String, bool>>>,
+    /// Scheduled retries by subscriber, then event.
+    retries: Arc<std::sync::Mutex<HashMap<String, HashMap<EventId, ScheduledRetry>>>>,
     groups: Arc<std::sync::Mutex<HashMap<String, Group>>>,
 }
 
@@ -123,6 +125,7 @@ impl MemoryStore {
             head: Arc::new(watch::channel(0).0),
             checkpoints: Arc::default(),
             enabled: Arc::default(),
+            retries: Arc::default(),
             groups: Arc::default(),
         }
     }
@@ -642,6 +645,41 @@ impl CheckpointStore for MemoryStore {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(subscriber.to_owned(), enabled);
+        Ok(())
+    }
+
+    async fn schedule_retry(
+        &self,
+        subscriber: &str,
+        retry: &ScheduledRetry,
+    ) -> Result<(), StoreError> {
+        self.retries
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(subscriber.to_owned())
+            .or_default()
+            .insert(retry.event_id, retry.clone());
+        Ok(())
+    }
+
+    async fn scheduled_retries(&self, subscriber: &str) -> Result<Vec<ScheduledRetry>, StoreError> {
+        let retries = self.retries.lock().unwrap_or_else(|p| p.into_inner());
+        let mut found: Vec<ScheduledRetry> = retries
+            .get(subscriber)
+            .map(|r| r.values().cloned().collect())
+            .unwrap_or_default();
+        found.sort_by_key(|r| r.position);
+        Ok(found)
+    }
+
+    async fn clear_retry(&self, subscriber: &str, event: EventId) -> Result<(), StoreError> {
+        let mut retries = self.retries.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(of) = retries.get_mut(subscriber) {
+            of.remove(&event);
+            if of.is_empty() {
+                retries.remove(subscriber);
+            }
+        }
         Ok(())
     }
 }

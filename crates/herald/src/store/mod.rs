@@ -51,7 +51,7 @@ mod checkpoint;
 mod lease;
 mod memory;
 
-pub use self::checkpoint::CheckpointStore;
+pub use self::checkpoint::{CheckpointStore, ScheduledRetry};
 pub use self::lease::{GroupView, Lease, LeaseStore, PartitionState, partition_of};
 pub use self::memory::MemoryStore;
 
