@@ -32,6 +32,8 @@ macro_rules! durable_conformance {
             concurrent_durable_delivery_keeps_order_within_each_stream,
             a_failing_event_that_is_not_parked_is_delivered_again,
             a_dead_lettered_event_lets_the_checkpoint_move_on,
+            a_failing_event_holds_back_only_its_own_stream_while_it_waits_for_a_retry,
+            a_scheduled_retry_keeps_its_attempt_count_across_a_restart,
             durable_delivery_misses_nothing_from_concurrent_publishers,
             replay_delivers_events_again_from_a_position_a_time_or_the_start,
             the_checkpoint_moves_past_events_the_subscriber_does_not_match,
@@ -438,6 +440,260 @@ pub async fn a_dead_lettered_event_lets_the_checkpoint_move_on<S: EventStore + C
     assert_eq!(
         store.load("strict").await.unwrap(),
         Some(store.head().await.unwrap())
+    );
+}
+
+/// One handling: stream, version, attempt.
+type Try = (String, u64, u32);
+
+/// Records every call of a handler (stream, version, attempt) and fails
+/// the event of `stream` at version 0 while `fails` says so.
+fn trying(
+    tries: &Arc<Mutex<Vec<Try>>>,
+    changed: &Arc<Notify>,
+    stream: &'static str,
+    fails: impl Fn(u32) -> bool + Send + Sync + 'static,
+) -> impl herald::Handler {
+    let (tries, changed, fails) = (Arc::clone(tries), Arc::clone(changed), Arc::new(fails));
+    handler_fn(move |event, ctx| {
+        let (tries, changed, fails) =
+            (Arc::clone(&tries), Arc::clone(&changed), Arc::clone(&fails));
+        async move {
+            let name = event
+                .stream()
+                .expect("stored events have a stream")
+                .to_owned();
+            let version = event.version().expect("stored events have a version");
+            let failing = name == stream && version == 0 && fails(ctx.attempt());
+            tries
+                .lock()
+                .expect("tries lock")
+                .push((name, version, ctx.attempt()));
+            changed.notify_waiters();
+            if failing {
+                return Err(HandlerError::retry("downstream unavailable"));
+            }
+            Ok(())
+        }
+    })
+}
+
+/// Waits until `done` holds for the tries recorded.
+async fn until_tried(
+    tries: &Arc<Mutex<Vec<Try>>>,
+    changed: &Arc<Notify>,
+    what: &str,
+    done: impl Fn(&[Try]) -> bool,
+) {
+    let wait = async {
+        loop {
+            let notified = changed.notified();
+            if done(&tries.lock().expect("tries lock")) {
+                return;
+            }
+            notified.await;
+        }
+    };
+    if tokio::time::timeout(PATIENCE, wait).await.is_err() {
+        panic!(
+            "timed out waiting until {what}; tried {:?}",
+            tries.lock().expect("tries lock")
+        );
+    }
+}
+
+/// A durable subscriber with concurrency 1 whose handler fails an event
+/// twice before it succeeds: the other streams' events are handled while
+/// the failing one waits out its backoff, its own stream's next event only
+/// after it, and the checkpoint then reaches the head.
+pub async fn a_failing_event_holds_back_only_its_own_stream_while_it_waits_for_a_retry<
+    S: EventStore + CheckpointStore,
+>(
+    store: Arc<S>,
+) {
+    let bus = bus_on(&store);
+    let tries = Arc::new(Mutex::new(Vec::new()));
+    let changed = Arc::new(Notify::new());
+    bus.subscribe(
+        Subscriber::new(
+            "shipping",
+            trying(&tries, &changed, "order-1", |attempt| attempt < 3),
+        )
+        .topic("#")
+        .mode(DeliveryMode::Durable)
+        .concurrency(1)
+        .retry(herald::RetryPolicy::fixed(Duration::from_millis(300), 3))
+        .poll_interval(Duration::from_millis(50)),
+    )
+    .expect("subscribe");
+    let mut events = vec![
+        NewEvent::new("order.placed", json!({ "n": 0 })).in_stream("order-1"),
+        NewEvent::new("order.paid", json!({ "n": 1 })).in_stream("order-1"),
+    ];
+    for n in 0..5 {
+        events.push(
+            NewEvent::new("order.placed", json!({ "n": n })).in_stream(format!("order-{}", n + 2)),
+        );
+    }
+    for event in events {
+        bus.publish_new(event).await.expect("publish");
+    }
+    until_tried(
+        &tries,
+        &changed,
+        "order-1's second event was handled",
+        |t| t.iter().any(|(s, v, _)| s == "order-1" && *v == 1),
+    )
+    .await;
+    let head = store.head().await.expect("head");
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while store.load("shipping").await.expect("load") != Some(head) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the checkpoint never reached the head"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    bus.shutdown().await;
+    let tries = tries.lock().expect("tries lock").clone();
+    let at = |stream: &str, version: u64, attempt: u32| {
+        tries
+            .iter()
+            .position(|t| t.0 == stream && t.1 == version && t.2 == attempt)
+            .unwrap_or_else(|| panic!("{stream}@{version} attempt {attempt} not tried: {tries:?}"))
+    };
+    let first_retry = at("order-1", 0, 2);
+    for n in 2..7 {
+        assert!(
+            at(&format!("order-{n}"), 0, 1) < first_retry,
+            "order-{n} waited for order-1's retry: {tries:?}"
+        );
+    }
+    assert!(
+        at("order-1", 0, 3) < at("order-1", 1, 1),
+        "order-1 out of order: {tries:?}"
+    );
+    let order_1: Vec<(u64, u32)> = tries
+        .iter()
+        .filter(|t| t.0 == "order-1")
+        .map(|t| (t.1, t.2))
+        .collect();
+    assert_eq!(order_1, [(0, 1), (0, 2), (0, 3), (1, 1)]);
+    assert!(
+        store
+            .scheduled_retries("shipping")
+            .await
+            .expect("retries")
+            .is_empty(),
+        "a retry that succeeded is no longer scheduled"
+    );
+}
+
+/// An event fails once, its retry is scheduled, the process stops; after a
+/// restart the subscriber goes on counting: the dead letter shows three
+/// attempts in all, not three after the restart.
+pub async fn a_scheduled_retry_keeps_its_attempt_count_across_a_restart<
+    S: EventStore + CheckpointStore,
+>(
+    store: Arc<S>,
+) {
+    let policy = herald::RetryPolicy::fixed(Duration::from_millis(200), 3);
+    let tries = Arc::new(Mutex::new(Vec::new()));
+    let changed = Arc::new(Notify::new());
+    let first = bus_on(&store);
+    first
+        .subscribe(
+            Subscriber::new("invoicing", trying(&tries, &changed, "invoice-1", |_| true))
+                .topic("#")
+                .mode(DeliveryMode::Durable)
+                // Far enough out that the first process stops before it.
+                .retry(herald::RetryPolicy::fixed(Duration::from_secs(3600), 3))
+                .poll_interval(Duration::from_millis(50)),
+        )
+        .expect("subscribe");
+    first
+        .publish_new(NewEvent::new("invoice.issued", json!({ "n": 0 })).in_stream("invoice-1"))
+        .await
+        .expect("publish");
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    let scheduled = loop {
+        let scheduled = store.scheduled_retries("invoicing").await.expect("retries");
+        if !scheduled.is_empty() {
+            break scheduled;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no retry was scheduled"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    first.shutdown().await;
+    assert_eq!(scheduled.len(), 1);
+    assert_eq!(scheduled[0].attempts(), 1);
+    assert!(scheduled[0].due > chrono::Utc::now() + chrono::Duration::minutes(30));
+    // As an operator would to have it tried now: bring the retry forward.
+    let mut now = scheduled[0].clone();
+    now.due = chrono::Utc::now();
+    store
+        .schedule_retry("invoicing", &now)
+        .await
+        .expect("reschedule");
+
+    let second = bus_on(&store);
+    second
+        .subscribe(
+            Subscriber::new("invoicing", trying(&tries, &changed, "invoice-1", |_| true))
+                .topic("#")
+                .mode(DeliveryMode::Durable)
+                .retry(policy)
+                .poll_interval(Duration::from_millis(50)),
+        )
+        .expect("subscribe again");
+    until_tried(&tries, &changed, "the third attempt", |t| {
+        t.iter().any(|(_, _, attempt)| *attempt == 3)
+    })
+    .await;
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    let letters = loop {
+        let letters = second
+            .dead_letters(&Default::default())
+            .await
+            .expect("dead letters");
+        if !letters.is_empty() {
+            break letters;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never dead-lettered"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    second.shutdown().await;
+    let attempts: Vec<u32> = tries
+        .lock()
+        .expect("tries lock")
+        .iter()
+        .map(|t| t.2)
+        .collect();
+    assert_eq!(
+        attempts,
+        [1, 2, 3],
+        "one attempt before the restart, two after"
+    );
+    assert_eq!(letters.len(), 1);
+    assert_eq!(letters[0].attempts, 3);
+    let numbers: Vec<u32> = letters[0].errors.iter().map(|e| e.attempt).collect();
+    assert_eq!(numbers, [1, 2, 3]);
+    assert!(
+        store
+            .scheduled_retries("invoicing")
+            .await
+            .expect("retries")
+            .is_empty()
+    );
+    assert_eq!(
+        store.load("invoicing").await.expect("load"),
+        Some(store.head().await.expect("head"))
     );
 }
 

@@ -501,7 +501,12 @@ struct Core {
     state: AtomicU8,
     stop_reason: Mutex<Option<String>>,
     propagate: bool,
+    /// Where the stack parks given-up events (`None` for broker and durable
+    /// subscribers, which park outside their stack).
     dead_letters: Option<Arc<dyn DeadLetterStore>>,
+    /// For a durable subscriber: its retry policy and where it parks, both
+    /// applied by its runner (see [`Deliver::deliver_durable`]).
+    durable: Option<DurableFailures>,
     handled: AtomicU64,
     skipped: AtomicU64,
     failed: AtomicU64,
@@ -511,6 +516,14 @@ struct Core {
     /// Marked changed on every enable, disable and stop, for runners that
     /// wait for one.
     state_watch: tokio::sync::watch::Sender<()>,
+}
+
+/// How a durable subscriber deals with failures: its runner schedules a
+/// retry instead of waiting in place, so one failing event holds back only
+/// its own stream.
+struct DurableFailures {
+    retry: RetryPolicy,
+    dead_letters: Option<Arc<dyn DeadLetterStore>>,
 }
 
 /// How a durable subscriber's enabled state is kept in the store, so that
@@ -918,24 +931,70 @@ impl Deliver for Core {
         self.is_enabled()
     }
 
-    async fn deliver_durable(&self, event: &RecordedEvent) -> Settled {
-        let ctx = Context::for_delivery(&self.ctx, event);
-        match self.attempt(event, &ctx).await {
+    async fn deliver_durable(&self, event: &RecordedEvent, prior: &[AttemptError]) -> Settled {
+        let attempt = prior.last().map_or(1, |e| e.attempt.saturating_add(1));
+        let ctx = Context::for_delivery(&self.ctx, event).with_attempt(attempt);
+        let err = match self.attempt(event, &ctx).await {
             Ok(()) => {
                 self.handled.fetch_add(1, Ordering::Relaxed);
+                return Settled::Done;
+            }
+            Err(err) => err,
+        };
+        let Some(failures) = &self.durable else {
+            // Not reached: every durable subscriber has its failure policy.
+            let parked = err.dead_letter_id().is_some() || err.disposition() == Disposition::Skip;
+            let _ = self.failed_with(event, err);
+            return if parked {
+                Settled::Done
+            } else {
+                Settled::Pending
+            };
+        };
+        match err.disposition() {
+            Disposition::Skip => {
+                let _ = self.failed_with(event, err);
+                return Settled::Done;
+            }
+            Disposition::Stop => {
+                let _ = self.failed_with(event, err);
+                return Settled::Pending;
+            }
+            _ => {}
+        }
+        let mut errors = prior.to_vec();
+        errors.push(AttemptError::new(attempt, &err));
+        let delay = match err.disposition() {
+            Disposition::Retry { after: Some(after) } => after,
+            _ => failures.retry.delay(attempt, true),
+        };
+        let store = match &failures.dead_letters {
+            Some(store) if !failures.retry.should_retry(attempt, &err) => store,
+            // With nowhere to park it, an event that keeps failing is tried
+            // again at the policy's last delay, for ever: never lost.
+            _ => {
+                tracing::warn!(
+                    event_id = %event.id(),
+                    event_type = event.event_type(),
+                    subscriber = %self.name,
+                    attempt,
+                    error = %err,
+                    retry_in = ?delay,
+                    "handler failed; retried after the delay, while the subscriber goes on with other streams"
+                );
+                return Settled::Retry {
+                    after: delay,
+                    errors,
+                };
+            }
+        };
+        match park(&**store, event, &ctx, err.with_history(errors)).await {
+            Err(parked) if parked.dead_letter_id().is_some() => {
+                let _ = self.failed_with(event, parked);
                 Settled::Done
             }
-            Err(err) => {
-                let parked =
-                    err.dead_letter_id().is_some() || err.disposition() == Disposition::Skip;
-                // Durable subscribers never propagate: there is no caller.
-                let _ = self.failed_with(event, err);
-                if parked {
-                    Settled::Done
-                } else {
-                    Settled::Pending
-                }
-            }
+            // The dead-letter store failed (park logged it): delivered again.
+            _ => Settled::Pending,
         }
     }
 }
@@ -1648,7 +1707,15 @@ impl Bus {
             }
             Err(err) => {
                 let error = err.to_string();
-                let _ = core.failed_with(&letter.event, err);
+                // A durable subscriber's stack parks nothing (its runner
+                // does): this attempt is added to the dead letter here.
+                let err = match (&core.durable, err.dead_letter_id()) {
+                    (Some(_), None) => park(&**store, &letter.event, &ctx, err).await.err(),
+                    (_, _) => Some(err),
+                };
+                if let Some(err) = err {
+                    let _ = core.failed_with(&letter.event, err);
+                }
                 Ok(RetryOutcome::Failed {
                     error,
                     dead_letter: store.get(id).await?,
@@ -1920,15 +1987,22 @@ impl BusInner {
             .map(|t| TopicPattern::parse(t))
             .collect::<Result<Vec<_>, _>>()?;
         let brokered = sub.mode == DeliveryMode::Broker;
-        // A broker subscriber's retries are the broker's redeliveries, so
-        // its stack gets no retry layer; the policy is still checked here.
-        let (retry, broker_retry) = match (sub.retry.attempts(), brokered) {
-            (_, true) => {
+        let durable_mode = sub.mode == DeliveryMode::Durable;
+        // A broker subscriber's retries are the broker's redeliveries, and a
+        // durable subscriber's are scheduled by its runner (so that a
+        // failing event does not hold back other streams): their stacks get
+        // no retry layer; the policy is still checked here.
+        let (retry, broker_retry, durable_retry) = match (sub.retry.attempts(), sub.mode) {
+            (_, DeliveryMode::Broker) => {
                 sub.retry.validate()?;
-                (None, Some(sub.retry))
+                (None, Some(sub.retry), None)
             }
-            (1, false) => (None, None),
-            (_, false) => (Some(RetryLayer::new(sub.retry)?), None),
+            (_, DeliveryMode::Durable) => {
+                sub.retry.validate()?;
+                (None, None, Some(sub.retry))
+            }
+            (1, _) => (None, None, None),
+            _ => (Some(RetryLayer::new(sub.retry)?), None, None),
         };
 
         if sub.concurrency == 0 {
@@ -1983,12 +2057,17 @@ impl BusInner {
             DeliveryMode::Inline => None,
         };
         let propagate = sub.propagate_errors && sub.mode == DeliveryMode::Inline;
-        // A broker subscriber's dead letters go through its broker.
-        let dead_letters = if propagate || brokered {
+        // A broker subscriber's dead letters go through its broker; a
+        // durable subscriber's runner parks once its retries are spent.
+        let dead_letters = if propagate || brokered || durable_mode {
             None
         } else {
             self.dead_letters.clone()
         };
+        let durable_failures = durable_retry.map(|retry| DurableFailures {
+            retry,
+            dead_letters: self.dead_letters.clone(),
+        });
         // The direct path skips the stack, so only when the stack would do
         // nothing but trace, catch panics and dead-letter.
         let fast = sub.sync.filter(|_| {
@@ -2019,6 +2098,7 @@ impl BusInner {
             stop_reason: Mutex::new(None),
             propagate,
             dead_letters,
+            durable: durable_failures,
             handled: AtomicU64::new(0),
             skipped: AtomicU64::new(0),
             failed: AtomicU64::new(0),
@@ -2053,6 +2133,7 @@ impl BusInner {
                     poll_interval: sub.poll_interval,
                     start_from: sub.start_from,
                     group,
+                    retries: Some(Arc::clone(&store.checkpoints)),
                 },
             )),
             _ => None,

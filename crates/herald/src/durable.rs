@@ -29,20 +29,24 @@
 //! times: cheap next to the handlers' own work for a few dozen partitions,
 //! and the price of needing no partition column in the store.
 
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::hash::{BuildHasher, BuildHasherDefault};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures_util::TryStreamExt;
+use futures_util::{StreamExt, TryStreamExt};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 use crate::competing::{Coordinator, GroupSettings, GroupShared, group_checkpoint};
+use crate::error::AttemptError;
 use crate::event::RecordedEvent;
+use crate::id::EventId;
 use crate::store::{
-    CheckpointStore, EventStore, Lease, LeaseStore, ReadAll, StoreError, partition_of,
+    CheckpointStore, EventStore, Lease, LeaseStore, ReadAll, ScheduledRetry, StoreError,
+    partition_of,
 };
 use crate::topic::TopicPattern;
 
@@ -86,7 +90,15 @@ pub(crate) struct DurableSettings {
     pub(crate) start_from: StartFrom,
     /// Set for a competing subscriber, with the store of its leases.
     pub(crate) group: Option<(GroupSettings, Arc<dyn LeaseStore>)>,
+    /// Where scheduled retries are persisted (`None`: the runner's deliveries
+    /// never ask for one, as the relay's).
+    pub(crate) retries: Option<Arc<dyn CheckpointStore>>,
 }
+
+/// At most how many events a runner holds back behind failing ones before
+/// it stops reading further: the memory a stream that keeps failing may
+/// cost, after which it holds back the other streams too.
+const MAX_HELD: usize = 10_000;
 
 /// What the delivery of one event came to, for the checkpoint.
 pub(crate) enum Settled {
@@ -95,6 +107,144 @@ pub(crate) enum Settled {
     /// Failed without being parked, or the subscriber stopped: it must be
     /// delivered again.
     Pending,
+    /// Failed, to be tried again after `after`; `errors` holds every failed
+    /// attempt so far. The runner holds back the rest of its stream until
+    /// then and goes on with the other streams.
+    Retry {
+        after: Duration,
+        errors: Vec<AttemptError>,
+    },
+}
+
+/// What a batch came to: the position up to which every event is settled
+/// or held back, and the events newly held back.
+pub(crate) struct Batch {
+    pub(crate) reached: u64,
+    held: Vec<HeldEvent>,
+}
+
+impl Batch {
+    /// Every event up to `reached` settled, none held back.
+    pub(crate) fn reached(reached: u64) -> Self {
+        Self {
+            reached,
+            held: Vec::new(),
+        }
+    }
+}
+
+/// An event held back: failed and waiting for its retry, or behind such an
+/// event in its stream (then with no errors, and due at once).
+pub(crate) struct HeldEvent {
+    event: RecordedEvent,
+    errors: Vec<AttemptError>,
+    due: tokio::time::Instant,
+}
+
+impl HeldEvent {
+    fn behind(event: RecordedEvent) -> Self {
+        Self {
+            event,
+            errors: Vec::new(),
+            due: tokio::time::Instant::now(),
+        }
+    }
+
+    fn position(&self) -> u64 {
+        self.event.position().unwrap_or_default()
+    }
+}
+
+fn stream_of(event: &RecordedEvent) -> &str {
+    event.stream().unwrap_or_default()
+}
+
+/// The events a runner holds back, by stream, each stream's in order: the
+/// first of each is the next to try. The checkpoint stays below the first
+/// of them all; reading and delivering go on past them.
+#[derive(Default)]
+pub(crate) struct Held {
+    streams: HashMap<String, VecDeque<HeldEvent>>,
+    positions: BTreeSet<u64>,
+    /// Retries scheduled before a restart, applied when their events are
+    /// read again.
+    restored: HashMap<EventId, ScheduledRetry>,
+}
+
+impl Held {
+    fn blocks(&self, stream: &str) -> bool {
+        self.streams.contains_key(stream)
+    }
+
+    fn len(&self) -> usize {
+        self.positions.len()
+    }
+
+    /// Holds `held` back at the end of its stream, unless it already is
+    /// (read again after a partial batch).
+    fn hold(&mut self, held: HeldEvent) {
+        let position = held.position();
+        let stream = stream_of(&held.event);
+        // An event before its stream's first held-back one was settled
+        // before that one failed: read again, it is not held behind it.
+        if self
+            .streams
+            .get(stream)
+            .and_then(VecDeque::front)
+            .is_some_and(|first| first.position() > position)
+        {
+            return;
+        }
+        if self.positions.insert(position) {
+            self.streams
+                .entry(stream.to_owned())
+                .or_default()
+                .push_back(held);
+        }
+    }
+
+    /// The checkpoint may not pass the first event held back.
+    fn bound(&self, reached: u64) -> u64 {
+        self.positions
+            .first()
+            .map_or(reached, |first| reached.min(first.saturating_sub(1)))
+    }
+
+    /// When the next held-back stream can be tried.
+    fn next_due(&self) -> Option<tokio::time::Instant> {
+        self.streams
+            .values()
+            .filter_map(|q| q.front().map(|h| h.due))
+            .min()
+    }
+
+    /// Takes out the streams whose first event is due.
+    fn take_due(&mut self, now: tokio::time::Instant) -> Vec<VecDeque<HeldEvent>> {
+        let due: Vec<String> = self
+            .streams
+            .iter()
+            .filter(|(_, q)| q.front().is_some_and(|h| h.due <= now))
+            .map(|(s, _)| s.clone())
+            .collect();
+        due.iter().filter_map(|s| self.streams.remove(s)).collect()
+    }
+
+    /// Puts back what is left of a stream taken out by `take_due`, and
+    /// forgets the settled events' positions.
+    fn put_back(&mut self, queue: VecDeque<HeldEvent>, settled: &[u64]) {
+        for p in settled {
+            self.positions.remove(p);
+        }
+        if let Some(first) = queue.front() {
+            self.streams
+                .insert(stream_of(&first.event).to_owned(), queue);
+        }
+    }
+
+    fn clear(&mut self) {
+        self.streams.clear();
+        self.positions.clear();
+    }
 }
 
 /// Delivers one event; implemented by the bus's subscriber core.
@@ -104,16 +254,21 @@ pub(crate) trait Deliver: Send + Sync + 'static {
     /// Syncs the enabled state with the store (saving changes made here,
     /// following changes made elsewhere), then says whether it is enabled.
     fn refresh_enabled(&self) -> impl std::future::Future<Output = bool> + Send;
+    /// Delivers `event`; `prior` holds the errors of its earlier failed
+    /// attempts (empty for a first delivery).
     fn deliver_durable(
         &self,
         event: &RecordedEvent,
+        prior: &[AttemptError],
     ) -> impl std::future::Future<Output = Settled> + Send;
 
     /// Delivers a batch read after the checkpoint, up to `last` (the
     /// position the checkpoint may move to once every event is settled;
     /// `head` is the store's head as read before the batch); returns the
-    /// position up to which every event is settled. Subscribers deliver
-    /// event by event; the relay overrides it to publish the batch at once.
+    /// position up to which every event is settled or held back (events of
+    /// the streams in `held` are held back behind them). Subscribers
+    /// deliver event by event; the relay overrides it to publish the batch
+    /// at once.
     fn deliver_batch(
         &self,
         events: Vec<RecordedEvent>,
@@ -121,12 +276,13 @@ pub(crate) trait Deliver: Send + Sync + 'static {
         last: u64,
         head: u64,
         fence: Option<&Fence>,
-    ) -> impl std::future::Future<Output = u64> + Send
+        held: &Held,
+    ) -> impl std::future::Future<Output = Batch> + Send
     where
         Self: Sized,
     {
         let _ = head;
-        deliver_each(self, events, concurrency, last, fence)
+        deliver_each(self, events, concurrency, last, fence, held)
     }
 }
 
@@ -480,6 +636,10 @@ impl Place {
 
 /// The read, deliver and save loop, from `checkpoint`, until a stop (or,
 /// for a partition, until its lease is lost).
+///
+/// Events whose delivery is to be retried later are held back, with the
+/// rest of their stream, while the loop reads and delivers on; the
+/// checkpoint stays below the first event held back.
 pub(crate) async fn drive<D: Deliver>(
     core: &D,
     store: &dyn EventStore,
@@ -495,6 +655,12 @@ pub(crate) async fn drive<D: Deliver>(
     shared_checkpoint.store(checkpoint, Ordering::Release);
     let mut head = store.watch_head();
     let mut failures = 0u32;
+    // Read and either settled or held back up to here.
+    let mut cursor = checkpoint;
+    let mut held = Held::default();
+    if let Some(retries) = &settings.retries {
+        held.restored = restore(&**retries, core.name(), &place, checkpoint, &mut stop).await;
+    }
     loop {
         if *stop.borrow() {
             return;
@@ -511,6 +677,8 @@ pub(crate) async fn drive<D: Deliver>(
                 return;
             }
             checkpoint = position;
+            cursor = position;
+            held.clear();
             shared_checkpoint.store(checkpoint, Ordering::Release);
             tracing::info!(subscriber = %name, checkpoint, "durable subscriber rewound");
             let _ = done.send(());
@@ -522,10 +690,30 @@ pub(crate) async fn drive<D: Deliver>(
             }
             continue;
         }
+        retry_due(core, &mut held, settings, place.fence()).await;
+        let bound = held.bound(cursor);
+        if bound > checkpoint {
+            if !place.save(bound, &mut stop).await {
+                return;
+            }
+            checkpoint = bound;
+            shared_checkpoint.store(checkpoint, Ordering::Release);
+        }
+        // Until the next held-back stream is due, or the poll interval.
+        let wait = held.next_due().map_or(settings.poll_interval, |due| {
+            due.saturating_duration_since(tokio::time::Instant::now())
+                .min(settings.poll_interval)
+        });
+        if held.len() >= MAX_HELD {
+            if pause(wait, signals, &mut pending).await {
+                return;
+            }
+            continue;
+        }
         // The head is read first: every event at or below it is visible, so
         // when the filtered read comes back short, nothing up to the head is
-        // left for this subscriber and the checkpoint can move past the
-        // events it does not match.
+        // left for this subscriber and the cursor can move past the events
+        // it does not match.
         let head_before = match store.head().await {
             Ok(h) => h,
             Err(err) => {
@@ -536,7 +724,7 @@ pub(crate) async fn drive<D: Deliver>(
                 continue;
             }
         };
-        let mut query = ReadAll::after(checkpoint)
+        let mut query = ReadAll::after(cursor)
             .limit(settings.batch_size)
             .batch_size(settings.batch_size);
         query.topics = settings.topics.clone();
@@ -558,36 +746,39 @@ pub(crate) async fn drive<D: Deliver>(
             (true, Some(p)) => p,
             _ => last_read.unwrap_or(0).max(head_before),
         };
-        if last <= checkpoint {
-            if idle(
-                &mut head,
-                checkpoint,
-                settings.poll_interval,
-                signals,
-                &mut pending,
-            )
-            .await
-            {
+        if last <= cursor {
+            if idle(&mut head, cursor, wait, signals, &mut pending).await {
                 return;
             }
             continue;
         }
         // A partition's runner passes over the other partitions' events.
         matching.retain(|e| place.owns(e));
-        let reached = core
+        let batch = core
             .deliver_batch(
                 matching,
                 settings.concurrency,
                 last,
                 head_before,
                 place.fence(),
+                &held,
             )
             .await;
-        if reached > checkpoint {
-            if !place.save(reached, &mut stop).await {
+        let reached = batch.reached;
+        for event in batch.held {
+            held.restored.remove(&event.event.id());
+            if !event.errors.is_empty() {
+                schedule(settings, core.name(), &event).await;
+            }
+            held.hold(event);
+        }
+        cursor = cursor.max(reached);
+        let bound = held.bound(cursor);
+        if bound > checkpoint {
+            if !place.save(bound, &mut stop).await {
                 return;
             }
-            checkpoint = reached;
+            checkpoint = bound;
             shared_checkpoint.store(checkpoint, Ordering::Release);
         }
         if reached < last {
@@ -608,15 +799,126 @@ pub(crate) async fn drive<D: Deliver>(
     }
 }
 
+/// The retries scheduled before this runner started, for the events after
+/// its checkpoint. A solo runner clears the ones at or below it (left by a
+/// clear that failed); a partition's cannot tell which are its own.
+async fn restore(
+    retries: &dyn CheckpointStore,
+    subscriber: &str,
+    place: &Place,
+    checkpoint: u64,
+    stop: &mut watch::Receiver<bool>,
+) -> HashMap<EventId, ScheduledRetry> {
+    let Some(scheduled) = persist("load its scheduled retries", subscriber, stop, || {
+        retries.scheduled_retries(subscriber)
+    })
+    .await
+    else {
+        return HashMap::new();
+    };
+    let mut restored = HashMap::new();
+    for retry in scheduled {
+        if retry.position > checkpoint {
+            restored.insert(retry.event_id, retry);
+        } else if matches!(place, Place::Solo { .. }) {
+            if let Err(err) = retries.clear_retry(subscriber, retry.event_id).await {
+                tracing::warn!(subscriber, error = %err, "could not clear a stale scheduled retry");
+            }
+        }
+    }
+    restored
+}
+
+/// Persists an event's retry, so that a restart keeps its attempt count and
+/// backoff; on failure only that is lost, so it is logged and not retried.
+async fn schedule(settings: &DurableSettings, subscriber: &str, held: &HeldEvent) {
+    let Some(retries) = &settings.retries else {
+        return;
+    };
+    let wait = held
+        .due
+        .saturating_duration_since(tokio::time::Instant::now());
+    let retry = ScheduledRetry {
+        event_id: held.event.id(),
+        position: held.position(),
+        errors: held.errors.clone(),
+        due: chrono::Utc::now() + chrono::Duration::from_std(wait).unwrap_or_default(),
+    };
+    if let Err(err) = retries.schedule_retry(subscriber, &retry).await {
+        tracing::warn!(subscriber, event_id = %retry.event_id, error = %err, "could not persist a scheduled retry; a restart would count its attempts again");
+    }
+}
+
+/// Tries the held-back streams that are due, each in order, several at
+/// once up to the subscriber's concurrency.
+async fn retry_due<D: Deliver>(
+    core: &D,
+    held: &mut Held,
+    settings: &DurableSettings,
+    fence: Option<&Fence>,
+) {
+    let due = held.take_due(tokio::time::Instant::now());
+    if due.is_empty() {
+        return;
+    }
+    let results: Vec<(VecDeque<HeldEvent>, Vec<u64>)> = futures_util::stream::iter(due)
+        .map(|mut queue| async move {
+            let mut settled = Vec::new();
+            while let Some(front) = queue.front_mut() {
+                if !core.is_enabled() || fence.is_some_and(|f| !f.holds()) {
+                    break;
+                }
+                match core.deliver_durable(&front.event, &front.errors).await {
+                    Settled::Done => {
+                        if let Some(done) = queue.pop_front() {
+                            settled.push(done.position());
+                            if !done.errors.is_empty() {
+                                unschedule(settings, core.name(), done.event.id()).await;
+                            }
+                        }
+                    }
+                    Settled::Pending => {
+                        // The subscriber stopped, or parking failed: later.
+                        front.due = tokio::time::Instant::now() + settings.poll_interval;
+                        break;
+                    }
+                    Settled::Retry { after, errors } => {
+                        front.errors = errors;
+                        front.due = tokio::time::Instant::now() + after;
+                        schedule(settings, core.name(), &*front).await;
+                        break;
+                    }
+                }
+            }
+            (queue, settled)
+        })
+        .buffer_unordered(settings.concurrency.max(1))
+        .collect()
+        .await;
+    for (queue, settled) in results {
+        held.put_back(queue, &settled);
+    }
+}
+
+async fn unschedule(settings: &DurableSettings, subscriber: &str, event: EventId) {
+    if let Some(retries) = &settings.retries {
+        if let Err(err) = retries.clear_retry(subscriber, event).await {
+            tracing::warn!(subscriber, event_id = %event, error = %err, "could not clear a scheduled retry; it is cleared when the subscriber restarts");
+        }
+    }
+}
+
 /// Delivers a batch; returns the position up to which every event is
-/// settled (`last` when all are).
+/// settled or held back (`last` when all are), and the events newly held
+/// back.
 async fn deliver_each<D: Deliver>(
     core: &D,
     events: Vec<RecordedEvent>,
     concurrency: usize,
     last: u64,
     fence: Option<&Fence>,
-) -> u64 {
+    held: &Held,
+) -> Batch {
     let lanes = concurrency.max(1).min(events.len().max(1));
     let mut by_lane: Vec<Vec<RecordedEvent>> = vec![Vec::new(); lanes];
     let hasher = BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default();
@@ -624,25 +926,66 @@ async fn deliver_each<D: Deliver>(
         let lane = if lanes == 1 {
             0
         } else {
-            (hasher.hash_one(event.stream().unwrap_or_default()) % lanes as u64) as usize
+            (hasher.hash_one(stream_of(&event)) % lanes as u64) as usize
         };
         by_lane[lane].push(event);
     }
+    // A stream goes to one lane, so each lane knows which of its streams
+    // it held back.
     let results = futures_util::future::join_all(by_lane.into_iter().map(|lane| async move {
+        let mut blocked: HashSet<String> = HashSet::new();
+        let mut newly_held = Vec::new();
         for event in lane {
             if !core.is_enabled() || fence.is_some_and(|f| !f.holds()) {
-                return event.position();
+                return (event.position(), newly_held);
             }
-            if let Settled::Pending = core.deliver_durable(&event).await {
-                return event.position();
+            let stream = stream_of(&event);
+            if held.blocks(stream) || blocked.contains(stream) {
+                newly_held.push(HeldEvent::behind(event));
+                continue;
+            }
+            if let Some(retry) = held.restored.get(&event.id()) {
+                // Failed before a restart: it keeps its attempts and waits
+                // out what is left of its backoff.
+                let wait = (retry.due - chrono::Utc::now())
+                    .to_std()
+                    .unwrap_or_default();
+                blocked.insert(stream.to_owned());
+                newly_held.push(HeldEvent {
+                    errors: retry.errors.clone(),
+                    due: tokio::time::Instant::now() + wait,
+                    event,
+                });
+                continue;
+            }
+            match core.deliver_durable(&event, &[]).await {
+                Settled::Done => {}
+                Settled::Pending => return (event.position(), newly_held),
+                Settled::Retry { after, errors } => {
+                    blocked.insert(stream.to_owned());
+                    newly_held.push(HeldEvent {
+                        event,
+                        errors,
+                        due: tokio::time::Instant::now() + after,
+                    });
+                }
             }
         }
-        None
+        (None, newly_held)
     }))
     .await;
-    // The first event not settled in any lane bounds the checkpoint.
-    match results.into_iter().flatten().min() {
-        Some(first_pending) => first_pending.saturating_sub(1),
-        None => last,
+    // The first event not settled in any lane bounds the cursor; what was
+    // held back after it is read again, and kept once.
+    let mut first_pending = None::<u64>;
+    let mut newly_held = Vec::new();
+    for (pending, lane_held) in results {
+        if let Some(p) = pending {
+            first_pending = Some(first_pending.map_or(p, |f| f.min(p)));
+        }
+        newly_held.extend(lane_held);
+    }
+    Batch {
+        reached: first_pending.map_or(last, |p| p.saturating_sub(1)),
+        held: newly_held,
     }
 }

@@ -144,7 +144,10 @@ use tokio::sync::watch;
 
 use crate::bus::DEFAULT_LEASE_TTL;
 use crate::competing::GroupSettings;
-use crate::durable::{Deliver, DurableRunner, DurableSettings, Fence, Settled, StartFrom};
+use crate::durable::{
+    Batch, Deliver, DurableRunner, DurableSettings, Fence, Held, Settled, StartFrom,
+};
+use crate::error::AttemptError;
 use crate::error::ConfigError;
 use crate::event::RecordedEvent;
 use crate::store::{CheckpointStore, EventStore, LeaseStore, StoreError};
@@ -472,6 +475,9 @@ impl RelayBuilder {
                     leases,
                 )
             }),
+            // The relay never schedules a retry: a batch that failed to
+            // publish is read and published again.
+            retries: None,
         };
         tracing::info!(relay = %self.name, transport = forwarder.transport.name(), batch_size = self.batch_size, single_active = settings.group.is_some(), "relay starting");
         let runner = DurableRunner::spawn(
@@ -586,7 +592,7 @@ impl Deliver for Forwarder {
         true
     }
 
-    async fn deliver_durable(&self, event: &RecordedEvent) -> Settled {
+    async fn deliver_durable(&self, event: &RecordedEvent, _prior: &[AttemptError]) -> Settled {
         if self.publish(std::slice::from_ref(event)).await {
             Settled::Done
         } else {
@@ -601,20 +607,21 @@ impl Deliver for Forwarder {
         last: u64,
         head: u64,
         fence: Option<&Fence>,
-    ) -> u64 {
+        _held: &Held,
+    ) -> Batch {
         // Positions come with every event read from the global log.
         let before_first = events
             .first()
             .and_then(RecordedEvent::position)
             .map_or(last, |p| p.saturating_sub(1));
         if fence.is_some_and(|f| !f.holds()) {
-            return before_first;
+            return Batch::reached(before_first);
         }
         if self.publish(&events).await {
             self.advance(last, head);
-            last
+            Batch::reached(last)
         } else {
-            before_first
+            Batch::reached(before_first)
         }
     }
 }
