@@ -91,7 +91,10 @@ pub enum DeliveryMode {
     Async,
     /// Fed from the bus's event store after a persisted checkpoint: at least
     /// once, in stream order, resuming after a restart where it left off.
-    /// Needs a bus built with [`BusBuilder::store`].
+    /// Needs a bus built with [`BusBuilder::store`]. Its retries are
+    /// scheduled and persisted rather than waited for in place: a failing
+    /// event holds back only the rest of its own stream until it succeeds
+    /// or is dead-lettered.
     Durable,
     /// Fed by a message broker: the subscriber's name is a consumer group
     /// shared by every process that runs it; retries and dead letters live

@@ -2,11 +2,26 @@
 //! checkpoint.
 //!
 //! The runner reads the global log after the subscriber's checkpoint in
-//! batches, hands the matching events to the subscriber's stack (so retries,
-//! dead letters and idempotency apply as for any subscriber), and saves the
-//! checkpoint once every event of the batch was handled, skipped or
-//! dead-lettered. A crash between the two means the batch is delivered
-//! again: delivery is at least once.
+//! batches, hands the matching events to the subscriber's stack (so
+//! timeouts, idempotency and the application's layers apply as for any
+//! subscriber), and saves the checkpoint once every event up to it was
+//! handled, skipped or dead-lettered. A crash between the two means those
+//! events are delivered again: delivery is at least once.
+//!
+//! # Retries
+//!
+//! The runner, not the stack, carries out the retry policy. An event whose
+//! attempt fails with a retryable error is *held back* until its backoff is
+//! over, with the events of its stream that come after it (so the stream
+//! keeps its order), and the runner reads and delivers the other streams
+//! meanwhile: one failing event never stalls the subscriber. Each retry is
+//! persisted in the [`CheckpointStore`] (errors so far, due time), so a
+//! restart neither forgets how often the event failed nor retries it early.
+//! Once the policy gives up, the event is dead-lettered with every attempt's
+//! error, and its stream moves on. The checkpoint stays below the first
+//! event held back: after a crash, events of other streams handled past it
+//! are delivered again (at least once), and at most `MAX_HELD` (10,000)
+//! events are held back before the runner stops reading ahead.
 //!
 //! # Ordering
 //!
@@ -173,7 +188,14 @@ pub(crate) struct Held {
 
 impl Held {
     fn blocks(&self, stream: &str) -> bool {
-        self.streams.contains_key(stream)
+        !self.streams.is_empty() && self.streams.contains_key(stream)
+    }
+
+    fn restored(&self, event: EventId) -> Option<&ScheduledRetry> {
+        if self.restored.is_empty() {
+            return None;
+        }
+        self.restored.get(&event)
     }
 
     fn len(&self) -> usize {
@@ -940,11 +962,11 @@ async fn deliver_each<D: Deliver>(
                 return (event.position(), newly_held);
             }
             let stream = stream_of(&event);
-            if held.blocks(stream) || blocked.contains(stream) {
+            if held.blocks(stream) || (!blocked.is_empty() && blocked.contains(stream)) {
                 newly_held.push(HeldEvent::behind(event));
                 continue;
             }
-            if let Some(retry) = held.restored.get(&event.id()) {
+            if let Some(retry) = held.restored(event.id()) {
                 // Failed before a restart: it keeps its attempts and waits
                 // out what is left of its backoff.
                 let wait = (retry.due - chrono::Utc::now())
