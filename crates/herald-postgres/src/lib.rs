@@ -62,7 +62,7 @@
 //!
 //! | trait | kept in | |
 //! |---|---|---|
-//! | [`CheckpointStore`](herald::store::CheckpointStore) | `checkpoints`, `subscriber_states` | durable subscribers resume where they were, and stay disabled once disabled; a save is one upsert |
+//! | [`CheckpointStore`](herald::store::CheckpointStore) | `checkpoints`, `subscriber_states`, `scheduled_retries` | durable subscribers resume where they were, stay disabled once disabled, and keep their scheduled retries; a save is one upsert |
 //! | [`DeadLetterStore`](herald::DeadLetterStore) | `dead_letters` | see [Dead letters](#dead-letters) |
 //! | [`LeaseStore`](herald::store::LeaseStore) | `group_members`, `group_partitions` | competing subscribers share their partitions between processes |
 //! | [`Ledger`](herald::Ledger) | `ledger` | idempotent subscribers skip what they handled, in any process on the schema; kept for good (one small row per subscriber and event) |
@@ -89,6 +89,9 @@
 //!   saved.
 //! - `subscriber_states`: per durable subscriber, whether it is enabled, and
 //!   when that was saved.
+//! - `scheduled_retries`: per durable subscriber and event waiting for its
+//!   next attempt, the event's position, its failed attempts' errors
+//!   (`jsonb`) and when the next attempt is due.
 //! - `group_members`, `group_partitions`: the members of competing
 //!   subscribers, and their partitions' leases and checkpoints.
 //! - `dead_letters`: one row per subscriber and event given up on (see

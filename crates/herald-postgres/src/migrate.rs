@@ -62,6 +62,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "subscriber_states",
         sql: include_str!("../migrations/0008_subscriber_states.sql"),
     },
+    Migration {
+        version: 9,
+        name: "scheduled_retries",
+        sql: include_str!("../migrations/0009_scheduled_retries.sql"),
+    },
 ];
 
 /// FNV-1a, 64 bits: a checksum that stays the same across Rust releases.

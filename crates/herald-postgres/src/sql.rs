@@ -43,6 +43,9 @@ pub(crate) struct Queries {
     pub(crate) checkpoint_reset: String,
     pub(crate) enabled_load: String,
     pub(crate) enabled_save: String,
+    pub(crate) retry_schedule: String,
+    pub(crate) retry_list: String,
+    pub(crate) retry_clear: String,
     pub(crate) dead_letter_record: String,
     pub(crate) dead_letter_list: String,
     pub(crate) dead_letter_get: String,
@@ -110,6 +113,12 @@ impl Queries {
                 "SELECT enabled FROM {schema}.subscriber_states WHERE subscriber = $1::text",
             ),
             enabled_save: q(include_str!("../queries/checkpoints/save_enabled.sql")),
+            retry_schedule: q(include_str!("../queries/retries/schedule.sql")),
+            retry_list: q("SELECT event_id, position, errors::text AS errors, due \
+                 FROM {schema}.scheduled_retries WHERE subscriber = $1::text \
+                 ORDER BY position, event_id"),
+            retry_clear: q("DELETE FROM {schema}.scheduled_retries \
+                 WHERE subscriber = $1::text AND event_id = $2::uuid"),
             ledger_contains: q("SELECT EXISTS (SELECT 1 FROM {schema}.ledger \
                  WHERE subscriber = $1::text AND event_id = $2::uuid)"),
             ledger_insert: q(

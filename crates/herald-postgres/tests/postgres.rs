@@ -476,7 +476,7 @@ async fn migrations_apply_once_and_stores_share_a_schema() {
     .unwrap();
     assert_eq!(
         applied,
-        [1, 2, 3, 4, 5, 6, 7, 8],
+        [1, 2, 3, 4, 5, 6, 7, 8, 9],
         "each migration recorded once"
     );
 }
@@ -664,4 +664,43 @@ async fn a_subscriber_state_saved_through_one_store_is_followed_through_another(
     a.shutdown().await;
     b.shutdown().await;
     assert_eq!(first.load_enabled("mailer").await.unwrap(), Some(false));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scheduled_retries_saved_through_one_store_are_seen_through_another() {
+    use herald::store::{CheckpointStore, ScheduledRetry};
+    use herald::{AttemptError, ErrorKind};
+
+    // Two stores on one schema, as two processes (or a restarted one) have.
+    let config = support::config();
+    let first = support::store_with(config.clone()).await;
+    let whole = chrono::DateTime::from_timestamp_micros(1_700_000_000_123_456).unwrap();
+    let retry = ScheduledRetry {
+        event_id: EventId::new(),
+        position: 42,
+        errors: vec![AttemptError {
+            attempt: 1,
+            message: "refused".to_owned(),
+            kind: ErrorKind::Timeout,
+            at: whole,
+        }],
+        due: whole + chrono::Duration::nanoseconds(789),
+    };
+    first.schedule_retry("mailer", &retry).await.unwrap();
+    first.save("mailer", 41).await.unwrap();
+    drop(first);
+    let second = support::store_with(config).await;
+    assert_eq!(
+        second.scheduled_retries("mailer").await.unwrap(),
+        [ScheduledRetry {
+            due: whole,
+            ..retry.clone()
+        }],
+        "seen through another store, the due time rounded down to the microsecond"
+    );
+    // The retry is apart from the checkpoint: resetting one keeps the other.
+    second.reset("mailer").await.unwrap();
+    assert_eq!(second.scheduled_retries("mailer").await.unwrap().len(), 1);
+    second.clear_retry("mailer", retry.event_id).await.unwrap();
+    assert!(second.scheduled_retries("mailer").await.unwrap().is_empty());
 }

@@ -83,9 +83,9 @@
 //!
 //! - **One writer.** SQLite lets one connection write at a time, so every
 //!   write (append, link, delete) goes to a dedicated writer thread as a
-//!   command on a bounded channel, with a oneshot reply. Checkpoint saves
-//!   dead-letter records, removals and purges, and ledger inserts are
-//!   writes too.
+//!   command on a bounded channel, with a oneshot reply. Checkpoint saves,
+//!   scheduled retries, dead-letter records, removals and purges, and
+//!   ledger inserts are writes too.
 //! - **Group commit.** The writer takes every command waiting in the queue
 //!   (up to [`SqliteConfig::max_group_commit`]) and runs them in one
 //!   transaction, each inside a savepoint so that a failing command (a
@@ -153,7 +153,7 @@
 //!
 //! | trait | kept in | |
 //! |---|---|---|
-//! | [`CheckpointStore`](herald::store::CheckpointStore) | `checkpoints`, `subscriber_states` | durable subscribers resume where they were, and stay disabled once disabled |
+//! | [`CheckpointStore`](herald::store::CheckpointStore) | `checkpoints`, `subscriber_states`, `scheduled_retries` | durable subscribers resume where they were, stay disabled once disabled, and keep their scheduled retries |
 //! | [`DeadLetterStore`](herald::DeadLetterStore) | `dead_letters` | see [Dead letters](#dead-letters) |
 //! | [`Ledger`](herald::Ledger) | `ledger` | idempotent subscribers skip what they handled, also after a restart; kept for good (one small row per subscriber and event) |
 //!
@@ -183,7 +183,8 @@
 //! row per stream: version, count, first and last times),
 //! `stream_entries` (links; a `NULL` position is the hole a deleted event
 //! leaves), `checkpoints` and `subscriber_states` (one row each per
-//! durable subscriber), `dead_letters` (one row per subscriber and event it gave up on) and
+//! durable subscriber), `scheduled_retries` (one row per subscriber and
+//! event waiting for its next attempt), `dead_letters` (one row per subscriber and event it gave up on) and
 //! `ledger` (one row per subscriber and event it handled).
 //!
 //! # Errors
@@ -198,6 +199,7 @@ mod dead_letters;
 mod error;
 mod ledger;
 mod reader;
+mod retries;
 mod rows;
 mod schema;
 mod store;

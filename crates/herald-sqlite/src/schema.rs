@@ -41,10 +41,15 @@ const MIGRATIONS: &[Migration] = &[
         name: "subscriber_states",
         sql: include_str!("../migrations/0005_subscriber_states.sql"),
     },
+    Migration {
+        version: 6,
+        name: "scheduled_retries",
+        sql: include_str!("../migrations/0006_scheduled_retries.sql"),
+    },
 ];
 
 /// The schema version this crate writes.
-pub(crate) const LATEST: u32 = 5;
+pub(crate) const LATEST: u32 = 6;
 
 const CREATE_MIGRATIONS_TABLE: &str = "
     CREATE TABLE IF NOT EXISTS herald_migrations (
@@ -130,7 +135,7 @@ mod tests {
             .unwrap()
             .collect::<Result<_, _>>()
             .unwrap();
-        assert_eq!(versions, [1, 2, 3, 4, 5]);
+        assert_eq!(versions, [1, 2, 3, 4, 5, 6]);
     }
 
     #[test]

@@ -9,7 +9,7 @@ use async_trait::async_trait;
 use futures_util::stream::{self, BoxStream, StreamExt, TryStreamExt};
 use herald::store::{
     Appended, Capabilities, CheckpointStore, Direction, EventStore, ExpectedVersion, ListStreams,
-    ReadAll, ReadStream, StoreError, StreamAppend, StreamInfo, StreamName,
+    ReadAll, ReadStream, ScheduledRetry, StoreError, StreamAppend, StreamInfo, StreamName,
 };
 use herald::{EventId, EventType, NewEvent, RecordedEvent, TopicPattern};
 use rusqlite::{Connection, OptionalExtension};
@@ -18,6 +18,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use crate::config::SqliteConfig;
 use crate::error::{Context, OpenError, failure};
 use crate::reader::Readers;
+use crate::retries;
 use crate::rows::{self, EVENT_COLUMNS, STREAM_COLUMNS, Shown, int, micros_ceil, uint};
 use crate::writer::{Command, HEAD, Pending, Writer};
 
@@ -441,9 +442,11 @@ impl EventStore for SqliteStore {
 }
 
 /// Checkpoints live in the same file as the history, in the `checkpoints`
-/// table, and subscribers' enabled states in `subscriber_states`; saves go
-/// through the writer (and its group commit), so a saved checkpoint is as
-/// durable as an append.
+/// table, subscribers' enabled states in `subscriber_states` and their
+/// scheduled retries in `scheduled_retries` (one row per subscriber and
+/// event; the errors as a JSON array, the due time to the microsecond,
+/// rounded down); saves go through the writer (and its group commit), so a
+/// saved checkpoint or retry is as durable as an append.
 #[async_trait]
 impl CheckpointStore for SqliteStore {
     async fn load(&self, subscriber: &str) -> Result<Option<u64>, StoreError> {
@@ -495,6 +498,34 @@ impl CheckpointStore for SqliteStore {
         self.write(|reply| Command::SubscriberEnabled {
             subscriber: subscriber.to_owned(),
             enabled,
+            reply,
+        })
+        .await
+    }
+
+    async fn schedule_retry(
+        &self,
+        subscriber: &str,
+        retry: &ScheduledRetry,
+    ) -> Result<(), StoreError> {
+        self.write(|reply| Command::ScheduleRetry {
+            subscriber: subscriber.to_owned(),
+            retry: retry.clone(),
+            reply,
+        })
+        .await
+    }
+
+    async fn scheduled_retries(&self, subscriber: &str) -> Result<Vec<ScheduledRetry>, StoreError> {
+        let subscriber = subscriber.to_owned();
+        self.read(move |conn| retries::list(conn, &subscriber))
+            .await
+    }
+
+    async fn clear_retry(&self, subscriber: &str, event: EventId) -> Result<(), StoreError> {
+        self.write(|reply| Command::ClearRetry {
+            subscriber: subscriber.to_owned(),
+            event,
             reply,
         })
         .await

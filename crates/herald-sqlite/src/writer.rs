@@ -12,7 +12,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
-use herald::store::{Appended, AppendedEvent, ExpectedVersion, StoreError, StreamName};
+use herald::store::{
+    Appended, AppendedEvent, ExpectedVersion, ScheduledRetry, StoreError, StreamName,
+};
 use herald::{DeadLetter, EventId, EventType, Metadata, NewDeadLetter, Payload};
 use rusqlite::{Connection, OpenFlags, OptionalExtension};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -21,6 +23,7 @@ use crate::config::SqliteConfig;
 use crate::dead_letters;
 use crate::error::{Context, OpenError, backend, failure};
 use crate::ledger;
+use crate::retries;
 use crate::rows::{int, uint};
 use crate::schema;
 
@@ -74,6 +77,19 @@ pub(crate) enum Command {
         enabled: bool,
         reply: oneshot::Sender<Result<(), StoreError>>,
     },
+    /// Saves a subscriber's scheduled retry, replacing the one it had for
+    /// the same event.
+    ScheduleRetry {
+        subscriber: String,
+        retry: ScheduledRetry,
+        reply: oneshot::Sender<Result<(), StoreError>>,
+    },
+    /// Removes a subscriber's scheduled retry of an event, if any.
+    ClearRetry {
+        subscriber: String,
+        event: EventId,
+        reply: oneshot::Sender<Result<(), StoreError>>,
+    },
     /// Records a dead letter, or updates the one of the same subscriber and
     /// event.
     RecordDeadLetter {
@@ -105,6 +121,8 @@ enum Done {
     Deleted(bool),
     Checkpointed,
     EnabledSaved,
+    RetryScheduled,
+    RetryCleared,
     DeadLetter(DeadLetter),
     Removed(Option<DeadLetter>),
     Purged(u64),
@@ -391,6 +409,12 @@ impl Writer {
                     .context(format!("save whether subscriber {subscriber:?} is enabled"))
                     .map(|_| Done::EnabledSaved)
             }
+            Command::ScheduleRetry {
+                subscriber, retry, ..
+            } => retries::schedule(&self.conn, subscriber, retry).map(|()| Done::RetryScheduled),
+            Command::ClearRetry {
+                subscriber, event, ..
+            } => retries::clear(&self.conn, subscriber, *event).map(|()| Done::RetryCleared),
             Command::RecordDeadLetter { letter, .. } => {
                 self.apply_retention()?;
                 dead_letters::record(&self.conn, letter).map(Done::DeadLetter)
@@ -755,6 +779,12 @@ impl Command {
             }),
             Self::SubscriberEnabled { reply, .. } => send(reply, result, |done| {
                 matches!(done, Done::EnabledSaved).then_some(())
+            }),
+            Self::ScheduleRetry { reply, .. } => send(reply, result, |done| {
+                matches!(done, Done::RetryScheduled).then_some(())
+            }),
+            Self::ClearRetry { reply, .. } => send(reply, result, |done| {
+                matches!(done, Done::RetryCleared).then_some(())
             }),
             Self::RecordDeadLetter { reply, .. } => send(reply, result, |done| {
                 let Done::DeadLetter(l) = done else {

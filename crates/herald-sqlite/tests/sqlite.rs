@@ -428,6 +428,8 @@ async fn the_schema_is_versioned_and_the_database_is_in_wal_mode() {
         "streams",
         "stream_entries",
         "checkpoints",
+        "subscriber_states",
+        "scheduled_retries",
         "herald_migrations",
     ] {
         assert!(tables.contains(table), "{table} in {tables:?}");
@@ -536,4 +538,45 @@ async fn a_subscriber_state_saved_through_one_store_is_seen_through_another_and_
     assert_eq!(store.load_enabled("mailer").await.unwrap(), Some(true));
     assert_eq!(store.load_enabled("billing").await.unwrap(), Some(false));
     assert_eq!(store.load_enabled("audit").await.unwrap(), None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scheduled_retries_survive_reopening_with_due_times_to_the_microsecond() {
+    use herald::store::ScheduledRetry;
+    use herald::{AttemptError, ErrorKind, EventId};
+
+    let dir = tempfile::tempdir().unwrap();
+    let config = SqliteConfig::new(dir.path().join("events.db"));
+    let whole = chrono::DateTime::from_timestamp_micros(1_700_000_000_123_456).unwrap();
+    let retry = ScheduledRetry {
+        event_id: EventId::new(),
+        position: 42,
+        errors: vec![AttemptError {
+            attempt: 1,
+            message: "refused".to_owned(),
+            kind: ErrorKind::Handler,
+            at: whole,
+        }],
+        due: whole + chrono::Duration::nanoseconds(789),
+    };
+    {
+        let store = SqliteStore::open(config.clone()).await.unwrap();
+        store.schedule_retry("mailer", &retry).await.unwrap();
+        store.save("mailer", 41).await.unwrap();
+    }
+    let store = SqliteStore::open(config).await.unwrap();
+    let found = store.scheduled_retries("mailer").await.unwrap();
+    assert_eq!(
+        found,
+        [ScheduledRetry {
+            due: whole,
+            ..retry.clone()
+        }],
+        "kept across reopening, the due time rounded down to the microsecond"
+    );
+    // The retry is apart from the checkpoint: resetting one keeps the other.
+    store.reset("mailer").await.unwrap();
+    assert_eq!(store.scheduled_retries("mailer").await.unwrap().len(), 1);
+    store.clear_retry("mailer", retry.event_id).await.unwrap();
+    assert!(store.scheduled_retries("mailer").await.unwrap().is_empty());
 }

@@ -9,10 +9,11 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use herald::store::{CheckpointStore, EventStore, ReadStream, StreamName};
+use chrono::{DateTime, Utc};
+use herald::store::{CheckpointStore, EventStore, ReadStream, ScheduledRetry, StreamName};
 use herald::{
-    Bus, DeliveryMode, EventId, HandlerError, NewEvent, RecordedEvent, ReplayFrom, StartFrom,
-    Subscriber, SubscriberState, handler_fn,
+    AttemptError, Bus, DeliveryMode, ErrorKind, EventId, HandlerError, NewEvent, RecordedEvent,
+    ReplayFrom, StartFrom, Subscriber, SubscriberState, handler_fn,
 };
 use serde_json::json;
 use tokio::sync::Notify;
@@ -40,6 +41,7 @@ macro_rules! durable_conformance {
             a_disabled_durable_subscriber_stays_disabled_after_a_restart_and_catches_up_when_enabled,
             disabling_a_durable_subscriber_on_one_bus_stops_it_on_another_sharing_the_store,
             a_durable_subscriber_added_disabled_receives_nothing_until_enabled,
+            scheduled_retries_are_saved_replaced_listed_by_position_and_cleared,
         );
     };
 }
@@ -1111,4 +1113,159 @@ pub async fn a_durable_subscriber_added_disabled_receives_nothing_until_enabled<
         Some(true),
         "the enable was saved by the time the bus shut down"
     );
+}
+
+/// A retry of `event` at `position` after `errors`, due `due_in_ms` after
+/// `t0`.
+fn retry(
+    event: EventId,
+    position: u64,
+    errors: Vec<AttemptError>,
+    t0: DateTime<Utc>,
+    due_in_ms: i64,
+) -> ScheduledRetry {
+    ScheduledRetry {
+        event_id: event,
+        position,
+        errors,
+        due: t0 + chrono::Duration::milliseconds(due_in_ms),
+    }
+}
+
+/// Failed attempts 1 to `kinds.len()`, one a second after `t0`, each with
+/// its kind and a message naming it.
+fn failures(kinds: &[ErrorKind], t0: DateTime<Utc>) -> Vec<AttemptError> {
+    kinds
+        .iter()
+        .zip(1u32..)
+        .map(|(kind, attempt)| AttemptError {
+            attempt,
+            message: format!("attempt {attempt} failed: \"{kind:?}\" — é"),
+            kind: *kind,
+            at: t0 + chrono::Duration::seconds(i64::from(attempt)),
+        })
+        .collect()
+}
+
+/// A durable subscriber's scheduled retries are saved as given (position,
+/// every attempt's error, due time) and listed by position whatever the
+/// order they were scheduled in; scheduling an event again replaces its
+/// retry instead of adding one; clearing removes one, and clearing one
+/// that is not there is no error. Each subscriber's retries are its own,
+/// also of an event both scheduled.
+pub async fn scheduled_retries_are_saved_replaced_listed_by_position_and_cleared<
+    S: EventStore + CheckpointStore,
+>(
+    store: Arc<S>,
+) {
+    // Whole milliseconds, which every store keeps exactly.
+    let t0 = DateTime::from_timestamp_millis(Utc::now().timestamp_millis()).expect("a time");
+    let list = |subscriber: &'static str| {
+        let store = Arc::clone(&store);
+        async move {
+            store
+                .scheduled_retries(subscriber)
+                .await
+                .expect("list scheduled retries")
+        }
+    };
+    let none: &[ScheduledRetry] = &[];
+    assert_eq!(list("billing").await, none, "nothing scheduled yet");
+
+    let (late, early, middle) = (EventId::new(), EventId::new(), EventId::new());
+    let late_retry = retry(late, 12, failures(&[ErrorKind::Handler], t0), t0, 500);
+    let early_retry = retry(
+        early,
+        3,
+        failures(&[ErrorKind::Timeout, ErrorKind::Panic], t0),
+        t0,
+        2_000,
+    );
+    let middle_retry = retry(middle, 7, failures(&[ErrorKind::Service], t0), t0, 1_000);
+    for r in [&late_retry, &early_retry, &middle_retry] {
+        store.schedule_retry("billing", r).await.expect("schedule");
+    }
+    // Another subscriber, with a retry of the same event as one of billing's.
+    let shipping_retry = retry(early, 3, failures(&[ErrorKind::Decode], t0), t0, 9_000);
+    store
+        .schedule_retry("shipping", &shipping_retry)
+        .await
+        .expect("schedule for shipping");
+
+    let billing = list("billing").await;
+    assert_eq!(
+        billing,
+        [
+            early_retry.clone(),
+            middle_retry.clone(),
+            late_retry.clone()
+        ],
+        "listed by position, every field as saved"
+    );
+    assert_eq!(billing[0].attempts(), 2);
+    assert_eq!(
+        list("shipping").await,
+        std::slice::from_ref(&shipping_retry)
+    );
+    assert_eq!(list("nobody").await, none, "a subscriber without retries");
+
+    // The middle event fails again: its retry is replaced, not added.
+    let middle_again = retry(
+        middle,
+        7,
+        failures(
+            &[ErrorKind::Service, ErrorKind::Handler, ErrorKind::Ledger],
+            t0,
+        ),
+        t0,
+        60_000,
+    );
+    store
+        .schedule_retry("billing", &middle_again)
+        .await
+        .expect("schedule again");
+    let billing = list("billing").await;
+    assert_eq!(
+        billing,
+        [
+            early_retry.clone(),
+            middle_again.clone(),
+            late_retry.clone()
+        ],
+        "the retry of the middle event was replaced"
+    );
+    assert_eq!(billing[1].attempts(), 3);
+
+    // Clearing: one that is there, one that never was, and one scheduled
+    // only by the other subscriber.
+    store
+        .clear_retry("billing", early)
+        .await
+        .expect("clear a retry");
+    store
+        .clear_retry("billing", EventId::new())
+        .await
+        .expect("clearing an unknown retry is no error");
+    store
+        .clear_retry("shipping", late)
+        .await
+        .expect("clearing another subscriber's event is no error");
+    assert_eq!(
+        list("billing").await,
+        [middle_again.clone(), late_retry.clone()]
+    );
+    assert_eq!(
+        list("shipping").await,
+        std::slice::from_ref(&shipping_retry),
+        "clearing billing's retry of an event left shipping's alone"
+    );
+
+    store.clear_retry("billing", middle).await.expect("clear");
+    store.clear_retry("billing", late).await.expect("clear");
+    store
+        .clear_retry("billing", late)
+        .await
+        .expect("clearing twice is no error");
+    assert_eq!(list("billing").await, none);
+    assert_eq!(list("shipping").await, [shipping_retry]);
 }

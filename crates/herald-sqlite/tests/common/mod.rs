@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use futures_util::stream::BoxStream;
 use herald::store::{
     Appended, Capabilities, CheckpointStore, EventStore, ExpectedVersion, ListStreams, ReadAll,
-    ReadStream, StoreError, StreamAppend, StreamInfo, StreamName,
+    ReadStream, ScheduledRetry, StoreError, StreamAppend, StreamInfo, StreamName,
 };
 use herald::{
     DeadLetter, DeadLetterError, DeadLetterQuery, DeadLetterStore, EventId, Ledger, LedgerError,
@@ -137,6 +137,22 @@ impl CheckpointStore for TempStore {
 
     async fn save_enabled(&self, subscriber: &str, enabled: bool) -> Result<(), StoreError> {
         self.store.save_enabled(subscriber, enabled).await
+    }
+
+    async fn schedule_retry(
+        &self,
+        subscriber: &str,
+        retry: &ScheduledRetry,
+    ) -> Result<(), StoreError> {
+        self.store.schedule_retry(subscriber, retry).await
+    }
+
+    async fn scheduled_retries(&self, subscriber: &str) -> Result<Vec<ScheduledRetry>, StoreError> {
+        self.store.scheduled_retries(subscriber).await
+    }
+
+    async fn clear_retry(&self, subscriber: &str, event: EventId) -> Result<(), StoreError> {
+        self.store.clear_retry(subscriber, event).await
     }
 }
 
