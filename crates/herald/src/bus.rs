@@ -521,6 +521,10 @@ struct Core {
     state_watch: tokio::sync::watch::Sender<()>,
 }
 
+/// How many errors a durable subscriber keeps for an event it retries for
+/// ever (it has nowhere to park it).
+const KEPT_ERRORS: usize = 20;
+
 /// How a durable subscriber deals with failures: its runner schedules a
 /// retry instead of waiting in place, so one failing event holds back only
 /// its own stream.
@@ -971,11 +975,25 @@ impl Deliver for Core {
             Disposition::Retry { after: Some(after) } => after,
             _ => failures.retry.delay(attempt, true),
         };
+        let retrying = failures.retry.should_retry(attempt, &err);
         let store = match &failures.dead_letters {
-            Some(store) if !failures.retry.should_retry(attempt, &err) => store,
-            // With nowhere to park it, an event that keeps failing is tried
-            // again at the policy's last delay, for ever: never lost.
+            Some(store) if !retrying => store,
+            // With nowhere to park it, an event the policy gave up on is
+            // tried again for ever (never lost), backing off up to 5 s so
+            // that it does not spin.
             _ => {
+                let delay = if retrying {
+                    delay
+                } else {
+                    // Kept for ever, so only the latest errors are: each
+                    // carries its attempt number.
+                    if errors.len() > KEPT_ERRORS {
+                        errors.drain(..errors.len() - KEPT_ERRORS);
+                    }
+                    delay.max(
+                        (Duration::from_millis(100) * attempt.min(50)).min(Duration::from_secs(5)),
+                    )
+                };
                 tracing::warn!(
                     event_id = %event.id(),
                     event_type = event.event_type(),
