@@ -200,9 +200,12 @@
 //! one given with [`NewEvent::in_stream`]). A [`Durable`](DeliveryMode::Durable)
 //! subscriber is fed from the store after a persisted checkpoint: it sees
 //! the history, gets every event at least once, keeps each stream's order,
-//! resumes after a restart where it left off, and can be replayed.
-//! [`store::MemoryStore`] is the in-memory backend; `herald-sqlite` and
-//! `herald-postgres` are the durable ones.
+//! resumes after a restart where it left off, and can be replayed. Its
+//! retries do not wait in place: an event to retry is scheduled in the
+//! store (so its attempts and backoff survive a restart) and holds back
+//! only the rest of its own stream, while the other streams' events are
+//! delivered meanwhile. [`store::MemoryStore`] is the in-memory backend;
+//! `herald-sqlite` and `herald-postgres` are the durable ones.
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")] async fn main() {
