@@ -353,3 +353,159 @@ async fn a_disable_through_one_member_stops_the_whole_group_until_enabled() {
         "member a followed the enable"
     );
 }
+
+/// The memory store's leases, with renewals that can be held up, as a
+/// database that stalls would: the members' leases stay valid until they
+/// expire, but no renewal moves their fences on.
+struct StallingLeases {
+    store: Arc<MemoryStore>,
+    stalled: tokio::sync::watch::Sender<bool>,
+    /// When the last renewal that went through started.
+    renewed_at: Mutex<Option<tokio::time::Instant>>,
+}
+
+#[herald::async_trait]
+impl LeaseStore for StallingLeases {
+    async fn renew(
+        &self,
+        group: &str,
+        member: &str,
+        ttl: Duration,
+    ) -> Result<herald::store::GroupView, herald::store::StoreError> {
+        let mut stalled = self.stalled.subscribe();
+        let _ = stalled.wait_for(|s| !*s).await;
+        *self.renewed_at.lock().unwrap() = Some(tokio::time::Instant::now());
+        self.store.renew(group, member, ttl).await
+    }
+
+    async fn acquire(
+        &self,
+        group: &str,
+        member: &str,
+        partition: u32,
+        ttl: Duration,
+        initial: u64,
+    ) -> Result<Option<herald::store::Lease>, herald::store::StoreError> {
+        self.store
+            .acquire(group, member, partition, ttl, initial)
+            .await
+    }
+
+    async fn save(
+        &self,
+        group: &str,
+        member: &str,
+        lease: herald::store::Lease,
+        position: u64,
+    ) -> Result<bool, herald::store::StoreError> {
+        self.store.save(group, member, lease, position).await
+    }
+
+    async fn release(
+        &self,
+        group: &str,
+        member: &str,
+        partition: u32,
+    ) -> Result<(), herald::store::StoreError> {
+        self.store.release(group, member, partition).await
+    }
+
+    async fn leave(&self, group: &str, member: &str) -> Result<(), herald::store::StoreError> {
+        self.store.leave(group, member).await
+    }
+
+    async fn rewind(
+        &self,
+        group: &str,
+        partitions: u32,
+        position: u64,
+    ) -> Result<(), herald::store::StoreError> {
+        self.store.rewind(group, partitions, position).await
+    }
+
+    async fn partitions(
+        &self,
+        group: &str,
+    ) -> Result<Vec<herald::store::PartitionState>, herald::store::StoreError> {
+        self.store.partitions(group).await
+    }
+}
+
+/// A renewal that comes late lets a worker's own fence pass while the
+/// lease is still valid in the store: the event it handled just then is
+/// saved through the (lease-checked) save, and the worker started again
+/// afterwards resumes after it, so nothing is handled twice.
+#[tokio::test(start_paused = true)]
+async fn a_late_renewal_does_not_deliver_a_handled_event_again() {
+    let store = Arc::new(MemoryStore::new());
+    let leases = Arc::new(StallingLeases {
+        store: Arc::clone(&store),
+        stalled: tokio::sync::watch::Sender::new(false),
+        renewed_at: Mutex::new(None),
+    });
+    let bus = Bus::builder()
+        .store(Arc::clone(&store))
+        .lease_store(Arc::clone(&leases) as Arc<dyn LeaseStore>)
+        .build();
+    let ttl = Duration::from_secs(3);
+    let calls = Arc::new(Mutex::new(Vec::<u64>::new()));
+    // The first delivery waits here until the test lets it go.
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let (seen, wait) = (Arc::clone(&calls), Arc::clone(&gate));
+    bus.subscribe(
+        Subscriber::new(
+            NAME,
+            handler_fn(move |event, _ctx| {
+                let (seen, wait) = (Arc::clone(&seen), Arc::clone(&wait));
+                async move {
+                    let first = {
+                        let mut seen = seen.lock().unwrap();
+                        seen.push(event.version().unwrap());
+                        seen.len() == 1
+                    };
+                    if first {
+                        wait.acquire().await.unwrap().forget();
+                    }
+                    Ok(())
+                }
+            }),
+        )
+        .topic("work.#")
+        .mode(DeliveryMode::Durable)
+        .competing(PARTITIONS)
+        .lease_ttl(ttl)
+        .poll_interval(Duration::from_millis(50)),
+    )
+    .unwrap();
+    until("the only member holds every partition", || {
+        owned(&bus).len() == PARTITIONS as usize
+    })
+    .await;
+    let event = || NewEvent::new("work.queued", json!({})).in_stream("job-1");
+    bus.publish_new(event()).await.unwrap();
+    until("the first event is in its handler", || {
+        calls.lock().unwrap().len() == 1
+    })
+    .await;
+    // No renewal from now on: the fence (a tenth of the TTL before the
+    // lease's expiry) passes, the lease itself is still valid.
+    leases.stalled.send_replace(true);
+    let renewed = leases.renewed_at.lock().unwrap().expect("renewed once");
+    tokio::time::sleep_until(renewed + ttl.mul_f64(0.95)).await;
+    gate.add_permits(1);
+    bus.publish_new(event()).await.unwrap();
+    // Renewals resume before the lease expires; the member keeps the
+    // partition and starts its worker again.
+    tokio::time::sleep_until(renewed + ttl.mul_f64(0.97)).await;
+    leases.stalled.send_replace(false);
+    until("the second event is handled", || {
+        calls.lock().unwrap().contains(&1)
+    })
+    .await;
+    bus.shutdown().await;
+    assert_eq!(
+        *calls.lock().unwrap(),
+        [0, 1],
+        "the first event was handled again"
+    );
+}
