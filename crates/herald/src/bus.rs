@@ -289,6 +289,11 @@ impl Subscriber {
     }
 
     /// Sets the retry policy (no retry by default).
+    ///
+    /// Inline and async subscribers wait out the backoff in place. A
+    /// [`Durable`](DeliveryMode::Durable) subscriber schedules the retry in
+    /// its store and goes on with other streams; a
+    /// [`Broker`](DeliveryMode::Broker) subscriber hands it to the broker.
     pub fn retry(mut self, policy: RetryPolicy) -> Self {
         self.retry = policy;
         self
