@@ -509,3 +509,76 @@ async fn a_late_renewal_does_not_deliver_a_handled_event_again() {
         "the first event was handled again"
     );
 }
+
+/// A competing subscriber's partition worker holds back a failing event
+/// with the rest of its stream while the other streams go on; the retry
+/// succeeds and the stream keeps its order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_partition_worker_retries_a_failing_stream_without_holding_up_the_others() {
+    let store = Arc::new(MemoryStore::new());
+    let bus = bus_on(&store);
+    let calls = Arc::new(Mutex::new(Vec::<(String, u64, u32)>::new()));
+    let seen = Arc::clone(&calls);
+    bus.subscribe(
+        Subscriber::new(
+            NAME,
+            handler_fn(move |event, ctx| {
+                let seen = Arc::clone(&seen);
+                async move {
+                    let stream = event.stream().unwrap().to_owned();
+                    let version = event.version().unwrap();
+                    seen.lock()
+                        .unwrap()
+                        .push((stream.clone(), version, ctx.attempt()));
+                    if stream == "job-0" && version == 0 && ctx.attempt() == 1 {
+                        return Err(herald::HandlerError::retry("not yet"));
+                    }
+                    Ok(())
+                }
+            }),
+        )
+        .topic("work.#")
+        .mode(DeliveryMode::Durable)
+        .competing(PARTITIONS)
+        .lease_ttl(Duration::from_secs(5))
+        .retry(herald::RetryPolicy::fixed(Duration::from_secs(1), 2))
+        .poll_interval(Duration::from_millis(50)),
+    )
+    .unwrap();
+    until("the only member holds every partition", || {
+        owned(&bus).len() == PARTITIONS as usize
+    })
+    .await;
+    publish(&bus, 20, 2, "job").await;
+    until("every event is handled", || {
+        let calls = calls.lock().unwrap();
+        let done: HashSet<(String, u64)> = calls
+            .iter()
+            .filter(|c| !(c.0 == "job-0" && c.1 == 0 && c.2 == 1))
+            .map(|c| (c.0.clone(), c.1))
+            .collect();
+        done.len() == 40
+    })
+    .await;
+    bus.shutdown().await;
+    let calls = calls.lock().unwrap().clone();
+    let at = |stream: &str, version: u64, attempt: u32| {
+        calls
+            .iter()
+            .position(|c| c.0 == stream && c.1 == version && c.2 == attempt)
+            .unwrap_or_else(|| panic!("{stream}@{version}#{attempt} missing: {calls:?}"))
+    };
+    let retry = at("job-0", 0, 2);
+    // Every other stream's events, in every partition, came before the
+    // retry: none waited out its backoff.
+    for s in 1..20 {
+        for v in 0..2 {
+            assert!(
+                at(&format!("job-{s}"), v, 1) < retry,
+                "job-{s}@{v} waited: {calls:?}"
+            );
+        }
+    }
+    assert!(retry < at("job-0", 1, 1), "job-0 out of order: {calls:?}");
+    assert_eq!(calls.len(), 41, "each event once, the failing one twice");
+}
