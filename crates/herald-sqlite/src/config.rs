@@ -101,7 +101,10 @@ pub struct SqliteConfig {
     pub cache_kib: u32,
     /// The size of the write-ahead log, in pages (4 KiB each), at which a
     /// commit copies it back into the database file (SQLite's
-    /// `wal_autocheckpoint`); 0 never does (then run checkpoints yourself).
+    /// `wal_autocheckpoint`); 0 never does, and turns the store's
+    /// background checkpoints off too (then run checkpoints yourself).
+    /// With the background checkpoints (every half second when something
+    /// was committed) the WAL rarely gets this large: this is the fallback.
     /// A checkpoint syncs the file, so it is the one append in many that
     /// pays for an fsync: a larger value means cheaper appends on average,
     /// a larger `-wal` file, and a longer pause for the append that runs

@@ -9,6 +9,7 @@
 //! `synchronous=FULL`, one fsync.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use chrono::Utc;
@@ -180,6 +181,66 @@ pub(crate) struct Writer {
     last_time: i64,
     /// How long dead letters are kept after their last failure.
     dead_letter_retention: Option<Duration>,
+    /// Counts commits, for the checkpointer.
+    commits: Arc<AtomicU64>,
+    /// Set when the WAL is copied back in the background.
+    checkpointer: Option<Checkpointer>,
+}
+
+/// How often the checkpointer looks for commits to copy back.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
+
+/// A thread with a connection of its own that copies the WAL back into the
+/// database file (a `PASSIVE` checkpoint, which never blocks the writer)
+/// every [`CHECKPOINT_EVERY`] when something was committed. Without it the
+/// commit that makes the WAL pass `checkpoint_pages` runs the checkpoint
+/// itself, syncing tens of megabytes while every append queued behind it
+/// waits: that was the tail of the append latency. The writer's own
+/// automatic checkpoint stays as the fallback, should this one fall behind.
+struct Checkpointer {
+    stop: std::sync::mpsc::Sender<()>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Checkpointer {
+    fn spawn(config: &SqliteConfig, commits: Arc<AtomicU64>) -> Result<Self, OpenError> {
+        let conn = connect(
+            config,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("herald-sqlite-checkpointer".to_owned())
+            .spawn(move || {
+                let mut done = 0;
+                while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                    stopped.recv_timeout(CHECKPOINT_EVERY)
+                {
+                    let now = commits.load(Ordering::Acquire);
+                    if now == done {
+                        continue;
+                    }
+                    done = now;
+                    if let Err(e) =
+                        conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
+                    {
+                        tracing::warn!(error = %e, "herald-sqlite: background checkpoint failed; the writer checkpoints instead");
+                    }
+                }
+            })
+            .map_err(|source| OpenError::Thread {
+                role: "checkpointer",
+                source,
+            })?;
+        Ok(Self { stop, thread })
+    }
+
+    fn stop(self) {
+        drop(self.stop);
+        if self.thread.join().is_err() {
+            tracing::warn!("herald-sqlite: the checkpointer thread panicked");
+        }
+    }
 }
 
 impl Writer {
@@ -215,12 +276,21 @@ impl Writer {
             .optional()
             .map_err(database)?
             .map_or(0, uint);
+        let commits = Arc::new(AtomicU64::new(0));
+        // With no automatic checkpoints the application runs its own.
+        let checkpointer = if config.checkpoint_pages > 0 {
+            Some(Checkpointer::spawn(config, Arc::clone(&commits))?)
+        } else {
+            None
+        };
         let writer = Self {
             conn,
             head: Arc::new(watch::channel(head).0),
             max_group: config.max_group_commit,
             last_time: 0,
             dead_letter_retention: config.dead_letter_retention,
+            commits,
+            checkpointer,
         };
         // Retention applies on open too, so that a store that records no
         // more dead letters still sheds the old ones when it restarts.
@@ -263,6 +333,10 @@ impl Writer {
                 }
             }
             self.commit_group(&mut group);
+            self.commits.fetch_add(1, Ordering::Release);
+        }
+        if let Some(checkpointer) = self.checkpointer.take() {
+            checkpointer.stop();
         }
     }
 

@@ -580,3 +580,37 @@ async fn scheduled_retries_survive_reopening_with_due_times_to_the_microsecond()
     store.clear_retry("mailer", retry.event_id).await.unwrap();
     assert!(store.scheduled_retries("mailer").await.unwrap().is_empty());
 }
+
+/// The WAL is copied back into the database file in the background, well
+/// before it reaches `checkpoint_pages` (where the writer would do it in a
+/// commit): after a burst of appends and no more, the main file grows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn committed_appends_reach_the_database_file_without_a_commit_checkpointing() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("events.db");
+    let store = SqliteStore::open(SqliteConfig::new(&path)).await.unwrap();
+    let before = std::fs::metadata(&path).unwrap().len();
+    // About 2 MB of WAL: far below the default 10,000 pages (40 MB).
+    for n in 0..20u64 {
+        let events = (0..100)
+            .map(|i| event("order.created", n * 100 + i))
+            .collect();
+        store
+            .append(&stream(&format!("order-{n}")), ExpectedVersion::Any, events)
+            .await
+            .unwrap();
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let now = std::fs::metadata(&path).unwrap().len();
+        if now > before + 256 * 1024 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the database file stayed at {now} bytes (from {before}): nothing was checkpointed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(store);
+}
