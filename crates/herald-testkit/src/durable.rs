@@ -35,6 +35,7 @@ macro_rules! durable_conformance {
             a_dead_lettered_event_lets_the_checkpoint_move_on,
             a_failing_event_holds_back_only_its_own_stream_while_it_waits_for_a_retry,
             a_scheduled_retry_keeps_its_attempt_count_across_a_restart,
+            a_replay_delivers_a_scheduled_event_afresh_and_forgets_its_schedule,
             durable_delivery_misses_nothing_from_concurrent_publishers,
             replay_delivers_events_again_from_a_position_a_time_or_the_start,
             the_checkpoint_moves_past_events_the_subscriber_does_not_match,
@@ -696,6 +697,86 @@ pub async fn a_scheduled_retry_keeps_its_attempt_count_across_a_restart<
     assert_eq!(
         store.load("invoicing").await.expect("load"),
         Some(store.head().await.expect("head"))
+    );
+}
+
+/// An event waits for a retry an hour away; the subscriber is replayed
+/// from the start: the event is delivered again at once, counted from
+/// attempt 1, and its schedule is gone from the store.
+pub async fn a_replay_delivers_a_scheduled_event_afresh_and_forgets_its_schedule<
+    S: EventStore + CheckpointStore,
+>(
+    store: Arc<S>,
+) {
+    let bus = bus_on(&store);
+    let tries = Arc::new(Mutex::new(Vec::new()));
+    let changed = Arc::new(Notify::new());
+    let broken = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let failing = Arc::clone(&broken);
+    bus.subscribe(
+        Subscriber::new(
+            "billing",
+            trying(&tries, &changed, "invoice-7", move |_| {
+                failing.load(Ordering::SeqCst)
+            }),
+        )
+        .topic("#")
+        .mode(DeliveryMode::Durable)
+        .retry(herald::RetryPolicy::fixed(Duration::from_secs(3600), 3))
+        .poll_interval(Duration::from_millis(50)),
+    )
+    .expect("subscribe");
+    bus.publish_new(NewEvent::new("invoice.issued", json!({ "n": 0 })).in_stream("invoice-7"))
+        .await
+        .expect("publish");
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while store
+        .scheduled_retries("billing")
+        .await
+        .expect("retries")
+        .is_empty()
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no retry was scheduled"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    broken.store(false, Ordering::SeqCst);
+    bus.replay("billing", ReplayFrom::Beginning)
+        .await
+        .expect("replay");
+    until_tried(&tries, &changed, "the event was delivered again", |t| {
+        t.len() >= 2
+    })
+    .await;
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while store.load("billing").await.expect("load") != Some(store.head().await.expect("head")) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the checkpoint never reached the head"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    bus.shutdown().await;
+    let attempts: Vec<u32> = tries
+        .lock()
+        .expect("tries lock")
+        .iter()
+        .map(|t| t.2)
+        .collect();
+    assert_eq!(
+        attempts,
+        [1, 1],
+        "failed once, then delivered afresh by the replay"
+    );
+    assert!(
+        store
+            .scheduled_retries("billing")
+            .await
+            .expect("retries")
+            .is_empty(),
+        "the replay left the schedule in the store"
     );
 }
 

@@ -22,7 +22,7 @@ use tokio::time::Instant;
 
 use crate::durable::{
     Deliver, DurableSettings, Fence, PartitionPlace, Place, Rewind, Signals, StartFrom, drive,
-    persist,
+    forget_retries, persist,
 };
 use crate::store::{EventStore, GroupView, Lease, LeaseStore};
 
@@ -171,6 +171,9 @@ impl<D: Deliver> Coordinator<D> {
                 .await;
                 if rewound.is_none() {
                     break;
+                }
+                if let Some(retries) = &self.settings.retries {
+                    forget_retries(&**retries, &name).await;
                 }
                 tracing::info!(subscriber = %name, checkpoint = position, "competing group rewound");
                 self.checkpoint.store(position, Ordering::Release);

@@ -16,7 +16,8 @@
 //! keeps its order), and the runner reads and delivers the other streams
 //! meanwhile: one failing event never stalls the subscriber. Each retry is
 //! persisted in the [`CheckpointStore`] (errors so far, due time), so a
-//! restart neither forgets how often the event failed nor retries it early.
+//! restart neither forgets how often the event failed nor retries it early
+//! (a replay forgets the schedules: its events are delivered afresh).
 //! Once the policy gives up, the event is dead-lettered with every attempt's
 //! error, and its stream moves on. The checkpoint stays below the first
 //! event held back: after a crash, events of other streams handled past it
@@ -701,6 +702,10 @@ pub(crate) async fn drive<D: Deliver>(
             checkpoint = position;
             cursor = position;
             held.clear();
+            held.restored.clear();
+            if let Some(retries) = &settings.retries {
+                forget_retries(&**retries, core.name()).await;
+            }
             shared_checkpoint.store(checkpoint, Ordering::Release);
             tracing::info!(subscriber = %name, checkpoint, "durable subscriber rewound");
             let _ = done.send(());
@@ -919,6 +924,24 @@ async fn retry_due<D: Deliver>(
         .await;
     for (queue, settled) in results {
         held.put_back(queue, &settled);
+    }
+}
+
+/// Forgets every retry the subscriber has scheduled: a replay delivers
+/// its events afresh, attempts counted from 1. Best effort: one left
+/// behind only carries an older attempt count.
+pub(crate) async fn forget_retries(retries: &dyn CheckpointStore, subscriber: &str) {
+    let scheduled = match retries.scheduled_retries(subscriber).await {
+        Ok(scheduled) => scheduled,
+        Err(err) => {
+            tracing::warn!(subscriber, error = %err, "could not list the scheduled retries to forget on a replay");
+            return;
+        }
+    };
+    for retry in scheduled {
+        if let Err(err) = retries.clear_retry(subscriber, retry.event_id).await {
+            tracing::warn!(subscriber, event_id = %retry.event_id, error = %err, "could not forget a scheduled retry on a replay");
+        }
     }
 }
 
