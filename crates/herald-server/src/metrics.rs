@@ -3,7 +3,7 @@
 //! A Prometheus recorder is installed for the process the first time a
 //! router is built (the `metrics` facade takes one recorder per process, so
 //! servers started in one process share it). Herald's core reports its
-//! dead-letter metrics through the same facade.
+//! dead-letter and retry metrics through the same facade.
 //!
 //! | name | kind | labels | meaning |
 //! |---|---|---|---|
@@ -13,6 +13,8 @@
 //! | `herald_subscriber_dead_lettered_total` | counter | `subscriber` | failed deliveries written to the dead letters |
 //! | `herald_subscriber_lag` | gauge | `subscriber` | positions a durable subscriber is behind the head |
 //! | `herald_dead_letters` | gauge | `subscriber` | dead letters in the store |
+//! | `herald_durable_retries_scheduled_total` | counter | `subscriber` | retries a durable subscriber (a webhook, say) scheduled |
+//! | `herald_durable_held_back` | gauge | `subscriber` | events a durable subscriber holds back, waiting for a retry or behind one in their stream |
 //! | `herald_http_request_duration_seconds` | histogram | `method`, `route`, `status` | API request latency |
 //!
 //! The subscriber figures are read from the bus when `/metrics` is scraped.

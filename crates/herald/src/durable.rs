@@ -681,6 +681,7 @@ pub(crate) async fn drive<D: Deliver>(
     // Read and either settled or held back up to here.
     let mut cursor = checkpoint;
     let mut held = Held::default();
+    let mut held_back = crate::metrics::HeldBack::new(core.name());
     if let Some(retries) = &settings.retries {
         held.restored = restore(&**retries, core.name(), &place, checkpoint, &mut stop).await;
     }
@@ -718,6 +719,7 @@ pub(crate) async fn drive<D: Deliver>(
             continue;
         }
         retry_due(core, &mut held, settings, place.fence()).await;
+        held_back.set(held.len());
         let bound = held.bound(cursor);
         if bound > checkpoint {
             if !place.save(bound, &mut stop).await {
@@ -793,12 +795,14 @@ pub(crate) async fn drive<D: Deliver>(
             .await;
         let reached = batch.reached;
         for event in batch.held {
-            held.restored.remove(&event.event.id());
-            if !event.errors.is_empty() {
+            // A restored schedule is in the store already.
+            let restored = held.restored.remove(&event.event.id()).is_some();
+            if !restored && !event.errors.is_empty() {
                 schedule(settings, core.name(), &event).await;
             }
             held.hold(event);
         }
+        held_back.set(held.len());
         cursor = cursor.max(reached);
         let bound = held.bound(cursor);
         if bound > checkpoint {
@@ -862,6 +866,7 @@ async fn schedule(settings: &DurableSettings, subscriber: &str, held: &HeldEvent
     let Some(retries) = &settings.retries else {
         return;
     };
+    crate::metrics::durable_retry_scheduled(subscriber);
     let wait = held
         .due
         .saturating_duration_since(tokio::time::Instant::now());

@@ -400,3 +400,89 @@ async fn every_published_event_is_logged_with_its_id_and_type() {
     assert_eq!(published[0].fields["subscribers"], "1");
     assert_eq!(published[0].level, tracing::Level::DEBUG);
 }
+
+/// A durable subscriber reports the retries it schedules and the events it
+/// holds back; the gauge falls back to 0 when it stops.
+#[test]
+fn a_durable_subscriber_reports_scheduled_retries_and_held_back_events() {
+    use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    // A thread-local recorder and a runtime on this thread, so that other
+    // tests running at the same time do not report into it.
+    let _guard = metrics::set_default_local_recorder(&recorder);
+    let metric = |name: &str| {
+        snapshotter
+            .snapshot()
+            .into_vec()
+            .into_iter()
+            .find(|(key, _, _, _)| {
+                let key = key.key();
+                key.name() == name
+                    && key
+                        .labels()
+                        .any(|l| l.key() == "subscriber" && l.value() == "ledger")
+            })
+            .map(|(_, _, _, value)| value)
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let store = std::sync::Arc::new(herald::store::MemoryStore::new());
+        let bus = herald::Bus::builder()
+            .store(std::sync::Arc::clone(&store))
+            .build();
+        let handled = std::sync::Arc::new(tokio::sync::Notify::new());
+        let done = std::sync::Arc::clone(&handled);
+        bus.subscribe(
+            herald::Subscriber::new(
+                "ledger",
+                herald::handler_fn(move |event, _| {
+                    let done = std::sync::Arc::clone(&done);
+                    async move {
+                        if event.stream() == Some("account-1") {
+                            return Err(herald::HandlerError::retry("locked"));
+                        }
+                        done.notify_one();
+                        Ok(())
+                    }
+                }),
+            )
+            .topic("#")
+            .mode(herald::DeliveryMode::Durable)
+            .retry(herald::RetryPolicy::fixed(Duration::from_secs(3600), 3)),
+        )
+        .unwrap();
+        for stream in ["account-1", "account-1", "account-2"] {
+            bus.publish_new(herald::NewEvent::new("entry.posted", json!({})).in_stream(stream))
+                .await
+                .unwrap();
+        }
+        // account-2 comes after both of account-1's events in the log: once
+        // it is handled, account-1's are held back.
+        tokio::time::timeout(Duration::from_secs(30), handled.notified())
+            .await
+            .expect("account-2 handled");
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while metric("herald_durable_held_back") != Some(DebugValue::Gauge(2.0.into())) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "held back: {:?}",
+                metric("herald_durable_held_back")
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(
+            metric("herald_durable_retries_scheduled_total"),
+            Some(DebugValue::Counter(1))
+        );
+        bus.shutdown().await;
+    });
+    assert_eq!(
+        metric("herald_durable_held_back"),
+        Some(DebugValue::Gauge(0.0.into()))
+    );
+}
