@@ -505,6 +505,43 @@ async fn until_tried(
     }
 }
 
+/// Polls `probe` until it gives a value, under [`PATIENCE`].
+async fn eventually<T, F, Fut>(what: &str, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        if let Some(value) = probe().await {
+            return value;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Waits until the subscriber's saved checkpoint is the store's head.
+async fn until_checkpoint_at_head<S: EventStore + CheckpointStore>(store: &S, subscriber: &str) {
+    eventually("the checkpoint never reached the head", || async {
+        let head = store.head().await.expect("head");
+        (store.load(subscriber).await.expect("load") == Some(head)).then_some(())
+    })
+    .await;
+}
+
+/// Waits until the subscriber has a retry scheduled, and returns them.
+async fn until_scheduled<S: CheckpointStore>(
+    store: &S,
+    subscriber: &str,
+) -> Vec<herald::store::ScheduledRetry> {
+    eventually("no retry was scheduled", || async {
+        let scheduled = store.scheduled_retries(subscriber).await.expect("retries");
+        (!scheduled.is_empty()).then_some(scheduled)
+    })
+    .await
+}
+
 /// A durable subscriber with concurrency 1 whose handler fails an event
 /// twice before it succeeds: the other streams' events are handled while
 /// the failing one waits out its backoff, its own stream's next event only
@@ -549,15 +586,7 @@ pub async fn a_failing_event_holds_back_only_its_own_stream_while_it_waits_for_a
         |t| t.iter().any(|(s, v, _)| s == "order-1" && *v == 1),
     )
     .await;
-    let head = store.head().await.expect("head");
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    while store.load("shipping").await.expect("load") != Some(head) {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the checkpoint never reached the head"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    until_checkpoint_at_head(&*store, "shipping").await;
     bus.shutdown().await;
     let tries = tries.lock().expect("tries lock").clone();
     let at = |stream: &str, version: u64, attempt: u32| {
@@ -619,18 +648,7 @@ pub async fn a_scheduled_retry_keeps_its_attempt_count_across_a_restart<
         .publish_new(NewEvent::new("invoice.issued", json!({ "n": 0 })).in_stream("invoice-1"))
         .await
         .expect("publish");
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    let scheduled = loop {
-        let scheduled = store.scheduled_retries("invoicing").await.expect("retries");
-        if !scheduled.is_empty() {
-            break scheduled;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no retry was scheduled"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let scheduled = until_scheduled(&*store, "invoicing").await;
     first.shutdown().await;
     assert_eq!(scheduled.len(), 1);
     assert_eq!(scheduled[0].attempts(), 1);
@@ -657,21 +675,14 @@ pub async fn a_scheduled_retry_keeps_its_attempt_count_across_a_restart<
         t.iter().any(|(_, _, attempt)| *attempt == 3)
     })
     .await;
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    let letters = loop {
+    let letters = eventually("never dead-lettered", || async {
         let letters = second
             .dead_letters(&Default::default())
             .await
             .expect("dead letters");
-        if !letters.is_empty() {
-            break letters;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "never dead-lettered"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+        (!letters.is_empty()).then_some(letters)
+    })
+    .await;
     second.shutdown().await;
     let attempts: Vec<u32> = tries
         .lock()
@@ -730,19 +741,7 @@ pub async fn a_replay_delivers_a_scheduled_event_afresh_and_forgets_its_schedule
     bus.publish_new(NewEvent::new("invoice.issued", json!({ "n": 0 })).in_stream("invoice-7"))
         .await
         .expect("publish");
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    while store
-        .scheduled_retries("billing")
-        .await
-        .expect("retries")
-        .is_empty()
-    {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no retry was scheduled"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    until_scheduled(&*store, "billing").await;
     broken.store(false, Ordering::SeqCst);
     bus.replay("billing", ReplayFrom::Beginning)
         .await
@@ -751,14 +750,7 @@ pub async fn a_replay_delivers_a_scheduled_event_afresh_and_forgets_its_schedule
         t.len() >= 2
     })
     .await;
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    while store.load("billing").await.expect("load") != Some(store.head().await.expect("head")) {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the checkpoint never reached the head"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    until_checkpoint_at_head(&*store, "billing").await;
     bus.shutdown().await;
     let attempts: Vec<u32> = tries
         .lock()

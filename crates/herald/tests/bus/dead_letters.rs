@@ -279,20 +279,8 @@ fn dead_letters_are_counted_per_subscriber_and_reported_as_metrics() {
         );
     });
 
-    let metric = |name: &str, labels: &[(&str, &str)]| {
-        snapshotter
-            .snapshot()
-            .into_vec()
-            .into_iter()
-            .find(|(key, _, _, _)| {
-                let key = key.key();
-                key.name() == name
-                    && labels
-                        .iter()
-                        .all(|(k, v)| key.labels().any(|l| l.key() == *k && l.value() == *v))
-            })
-            .map(|(_, _, _, value)| value)
-    };
+    let metric =
+        |name: &str, labels: &[(&str, &str)]| crate::support::metric(&snapshotter, name, labels);
     assert_eq!(
         metric(
             "herald_dead_letters_recorded_total",

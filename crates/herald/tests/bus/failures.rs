@@ -412,20 +412,8 @@ fn a_durable_subscriber_reports_scheduled_retries_and_held_back_events() {
     // A thread-local recorder and a runtime on this thread, so that other
     // tests running at the same time do not report into it.
     let _guard = metrics::set_default_local_recorder(&recorder);
-    let metric = |name: &str| {
-        snapshotter
-            .snapshot()
-            .into_vec()
-            .into_iter()
-            .find(|(key, _, _, _)| {
-                let key = key.key();
-                key.name() == name
-                    && key
-                        .labels()
-                        .any(|l| l.key() == "subscriber" && l.value() == "ledger")
-            })
-            .map(|(_, _, _, value)| value)
-    };
+    let metric =
+        |name: &str| crate::support::metric(&snapshotter, name, &[("subscriber", "ledger")]);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

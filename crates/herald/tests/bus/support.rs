@@ -110,3 +110,24 @@ impl Trail {
         self.0.lock().unwrap().clone()
     }
 }
+
+/// The value a debugging recorder holds for the metric `name` with all of
+/// `labels`, if any.
+pub(crate) fn metric(
+    snapshotter: &metrics_util::debugging::Snapshotter,
+    name: &str,
+    labels: &[(&str, &str)],
+) -> Option<metrics_util::debugging::DebugValue> {
+    snapshotter
+        .snapshot()
+        .into_vec()
+        .into_iter()
+        .find(|(key, _, _, _)| {
+            let key = key.key();
+            key.name() == name
+                && labels
+                    .iter()
+                    .all(|(k, v)| key.labels().any(|l| l.key() == *k && l.value() == *v))
+        })
+        .map(|(_, _, _, value)| value)
+}
